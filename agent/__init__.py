@@ -1,0 +1,1 @@
+"""The conversational brain, channel-agnostic: ReAct loop, LLM providers, CRM tools."""

@@ -1,0 +1,58 @@
+"""The ASGI app factory: the broker API, health checks and (with the voice issue) Twilio."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import text
+
+from crm.api import build_router
+from crm.db import get_sessionmaker
+from crm.errors import install_handlers
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="voiceagent",
+        summary="Real-time voice agent and CRM for real-estate brokers",
+        version="0.1.0",
+    )
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        request.state.request_id = rid
+        response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(response: Response) -> dict[str, str]:
+        """Readiness: the database answers."""
+        try:
+            with get_sessionmaker()() as db:
+                db.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            response.status_code = 503
+            return {"status": "unavailable", "database": "down"}
+        return {"status": "ok", "database": "up"}
+
+    app.include_router(build_router())
+    return app
