@@ -20,6 +20,8 @@ from crm.brokers.models import Broker
 from crm.config import get_settings
 from crm.db import get_db
 from crm.errors import InvalidInput, Unauthorized, field_error
+from crm.leads import service as lead_service
+from crm.leads.models import Lead
 from crm.listing import Order, PageRequest
 
 DbSession = Annotated[Session, Depends(get_db)]
@@ -92,3 +94,11 @@ def get_page_request(
 
 
 Paging = Annotated[PageRequest, Depends(get_page_request)]
+
+
+def get_current_lead(lead_id: int, broker: CurrentBroker, db: DbSession) -> Lead:
+    """The path's `lead_id`, loaded once and scoped to the caller's broker (else 404)."""
+    return lead_service.get_or_raise(db, broker_id=broker.id, lead_id=lead_id)
+
+
+CurrentLead = Annotated[Lead, Depends(get_current_lead)]

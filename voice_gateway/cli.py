@@ -13,6 +13,8 @@ from crm.brokers import service as broker_service
 from crm.config import get_settings
 from crm.db import session_scope
 from crm.errors import Problem
+from voice_gateway.commands import bench as bench_commands
+from voice_gateway.commands import leads as leads_commands
 
 app = typer.Typer(
     help="Real-time voice agent server and CRM for real-estate brokers.", no_args_is_help=True
@@ -21,6 +23,8 @@ db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 broker_app = typer.Typer(help="Brokers (tenants) and their API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(broker_app, name="broker")
+app.add_typer(leads_commands.app, name="leads")
+app.add_typer(bench_commands.app, name="bench")
 
 console = Console()
 err = Console(stderr=True)

@@ -18,6 +18,7 @@ from crm.errors import Conflict
 from crm.leads.models import ActivityKind, Lead
 from crm.leads.timeline import add_activity
 from crm.pipeline.models import LeadStageHistory
+from crm.pipeline.rules import PipelineEvent, advance_target
 from crm.pipeline.stages import Stage, TransitionError, check_transition
 from crm.timeutil import utcnow
 
@@ -108,3 +109,20 @@ def transition(
     )
     db.flush()
     return new_stay
+
+
+def apply_event(
+    db: Session,
+    *,
+    lead: Lead,
+    event: PipelineEvent,
+    actor: Actor,
+    at: datetime | None = None,
+) -> LeadStageHistory | None:
+    """Advance `lead` as `event` implies (forward only); None when it stays where it is."""
+    target = advance_target(lead.stage, event)
+    if target is None:
+        return None
+    return transition(
+        db, lead=lead, target=target, actor=actor, reason=f"auto:{event.value}", at=at
+    )

@@ -1,0 +1,7 @@
+"""Property visits."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/visits", tags=["visits"])
