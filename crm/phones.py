@@ -10,6 +10,10 @@ class InvalidPhoneNumber(ValueError):
     """Raised with a reason a person can act on."""
 
 
+class UnknownRegion(ValueError):
+    """A country hint that is not an ISO 3166-1 alpha-2 code phonenumbers knows."""
+
+
 _REASONS = {
     phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
     phonenumbers.NumberParseException.NOT_A_NUMBER: "not a phone number",
@@ -37,6 +41,21 @@ def normalize(raw: str, default_region: str = "US") -> str:
             f"{phonenumbers.region_code_for_number(number) or 'any region'}"
         )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_region(code: str) -> str:
+    """`code` as the upper-case region phonenumbers expects, or `UnknownRegion`."""
+    region = (code or "").strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise UnknownRegion(
+            f"{code!r} is not a known country code; use ISO 3166-1 alpha-2, e.g. ES"
+        )
+    return region
+
+
+def digits(text: str) -> str:
+    """Only the digits of `text`: how people type a number into a search box."""
+    return "".join(ch for ch in text if ch in "0123456789")
 
 
 #: Where a country's numbers span zones but nearly all people live in one, that zone.

@@ -26,7 +26,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(leads_commands.app, name="leads")
 app.add_typer(bench_commands.app, name="bench")
 
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 

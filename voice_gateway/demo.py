@@ -1,0 +1,130 @@
+"""The embedded main job's set-up: a migrated SQLite file with a demo broker and leads.
+
+Idempotent: the broker and its leads are created on the first run and reused later;
+every run issues a fresh API key (and revokes the previous demo keys), because a key
+is shown only once and the person running the demo needs one now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+
+from crm.actor import Actor
+from crm.brokers import service as broker_service
+from crm.config import get_settings
+from crm.db import session_scope
+from crm.enums import Channel
+from crm.leads import service as lead_service
+from crm.leads.models import Direction, Financing, Lead, PropertyType, Timeline
+from crm.leads.schemas import LeadCreate
+from crm.migrate import upgrade
+from crm.pipeline import service as pipeline_service
+from crm.pipeline.rules import PipelineEvent
+from crm.timeutil import utcnow
+
+DEMO_BROKER = "Demo Realty"
+DEMO_NUMBER = "+34910000001"
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    database_url: str
+    broker_id: int
+    broker_name: str
+    api_key: str
+    leads: int
+
+
+def _demo_leads() -> list[LeadCreate]:
+    return [
+        LeadCreate(
+            phone="+34612345678",
+            full_name="Lucía Fernández",
+            email="lucia@example.com",
+            source="idealista",
+            budget_min=Decimal(250_000),
+            budget_max=Decimal(320_000),
+            budget_currency="EUR",
+            areas=["Chamberí", "Salamanca"],
+            property_type=PropertyType.apartment,
+            bedrooms=3,
+            timeline=Timeline.within_3_months,
+            financing=Financing.mortgage_preapproved,
+        ),
+        LeadCreate(phone="+34655443322", full_name="Javier Ruiz", source="web", areas=["Retiro"]),
+        LeadCreate(
+            phone="+14155552671",
+            full_name="Emily Carter",
+            email="emily@example.com",
+            source="referral",
+            language="en",
+            budget_max=Decimal(900_000),
+            budget_currency="USD",
+            property_type=PropertyType.house,
+        ),
+        LeadCreate(phone="+525512345678", full_name="Sofía Hernández", source="facebook"),
+    ]
+
+
+def prepare_demo() -> DemoInfo:
+    """Migrate the configured database (SQLite by default) and seed the demo tenant."""
+    settings = get_settings()
+    upgrade()
+    actor = Actor.cli("demo")
+    with session_scope() as db:
+        broker = broker_service.get_by_name(db, name=DEMO_BROKER)
+        if broker is None:
+            broker = broker_service.create(
+                db,
+                name=DEMO_BROKER,
+                legal_name="Demo Realty S.L.",
+                time_zone="Europe/Madrid",
+                locale="es",
+                twilio_numbers=[DEMO_NUMBER],
+                actor=actor,
+            )
+            leads = [
+                lead_service.create(db, broker_id=broker.id, data=data, actor=actor)
+                for data in _demo_leads()
+            ]
+            lucia = leads[0]
+            lead_service.add_consent(
+                db,
+                lead=lucia,
+                actor=actor,
+                channel=Channel.call,
+                source="idealista contact form",
+                granted_at=utcnow() - timedelta(days=2),
+                text_shown="Acepto que Demo Realty me llame sobre inmuebles.",
+            )
+            lead_service.log_message(
+                db,
+                lead=lucia,
+                channel=Channel.whatsapp,
+                direction=Direction.inbound,
+                body="Hola, me interesa el piso de Chamberí",
+                actor=actor,
+            )
+            pipeline_service.apply_event(
+                db, lead=lucia, event=PipelineEvent.qualification_completed, actor=actor
+            )
+        for key in broker_service.list_api_keys(db, broker_id=broker.id):
+            if key.revoked_at is None:
+                broker_service.revoke_api_key(db, broker_id=broker.id, key_id=key.id, actor=actor)
+        _, api_key = broker_service.create_api_key(db, broker=broker, actor=actor, name="demo")
+        count = db.scalar(
+            select(func.count())
+            .select_from(Lead)
+            .where(Lead.broker_id == broker.id, Lead.deleted_at.is_(None))
+        )
+        return DemoInfo(
+            database_url=settings.resolved_database_url,
+            broker_id=broker.id,
+            broker_name=broker.name,
+            api_key=api_key,
+            leads=int(count or 0),
+        )
