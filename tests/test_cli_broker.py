@@ -28,12 +28,15 @@ def _create(name: str, *args: str) -> tuple[int, str]:
 
 def test_create_prints_a_working_key_once(db) -> None:
     name = f"CLI Realty {uuid.uuid4().hex[:6]}"
-    broker_id, key = _create(name, "--time-zone", "Europe/Madrid", "--legal-name", "CLI Realty S.L.")
+    broker_id, key = _create(
+        name, "--time-zone", "Europe/Madrid", "--legal-name", "CLI Realty S.L."
+    )
     broker = db.get(Broker, broker_id)
     assert broker.time_zone == "Europe/Madrid"
     assert broker.legal_name == "CLI Realty S.L."
     stored = broker_service.authenticate(db, plaintext=key)
-    assert stored is not None and stored.broker_id == broker_id
+    assert stored is not None
+    assert stored.broker_id == broker_id
     assert key not in stored.key_hash
     db.commit()
     actions = db.scalars(select(AuditLog.action).where(AuditLog.broker_id == broker_id)).all()
@@ -44,7 +47,8 @@ def test_create_with_twilio_numbers_and_bad_input(db) -> None:
     number = f"+1415555{uuid.uuid4().int % 10_000:04d}"
     broker_id, _ = _create(f"Numbers {uuid.uuid4().hex[:6]}", "--twilio-number", number)
     found = broker_service.get_by_phone_number(db, e164=number)
-    assert found is not None and found.id == broker_id
+    assert found is not None
+    assert found.id == broker_id
 
     bad_zone = runner.invoke(app, ["broker", "create", "Nowhere", "--time-zone", "Mars/Olympus"])
     assert bad_zone.exit_code == 1
