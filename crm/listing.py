@@ -70,8 +70,10 @@ def page(
     else:
         ordered = stmt.order_by(column.asc(), id_column.asc())
     items = db.scalars(ordered.limit(request.limit).offset(request.offset)).all()
-    if request.offset == 0 and len(items) < request.limit:
-        total = len(items)
+    if len(items) < request.limit and (items or request.offset == 0):
+        # A short page is the last one, so the total is known without counting. (An empty
+        # page past the start says nothing about how many rows there are.)
+        total = request.offset + len(items)
     else:
         total = db.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
     return items, total

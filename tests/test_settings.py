@@ -28,6 +28,7 @@ TOKEN = "twilio-token-that-must-stay-secret"
 OPENAI_KEY = "sk-openai-key-that-must-stay-secret"
 DB_PASSWORD = "db-password-that-must-stay-secret"
 REDIS_PASSWORD = "redis-password-that-must-stay-secret"
+CALL_TOKEN_SECRET = "call-token-secret-that-must-stay-secret"
 
 #: A production configuration that passes every check; each test breaks one thing.
 SAFE_PRODUCTION = {
@@ -39,6 +40,7 @@ SAFE_PRODUCTION = {
     "PUBLIC_HOST": "voice.example.com",
     "TWILIO_ACCOUNT_SID": SID,
     "TWILIO_AUTH_TOKEN": TOKEN,
+    "CALL_TOKEN_SECRET": CALL_TOKEN_SECRET,
     "STT_PROVIDER": "google",
     "TTS_PROVIDER": "google",
 }
@@ -322,6 +324,8 @@ def test_gateway_production_accepts_a_safe_configuration(env: pytest.MonkeyPatch
         (production_without("TWILIO_AUTH_TOKEN"), "TWILIO_AUTH_TOKEN is required"),
         (production_without("TWILIO_AUTH_TOKEN", TWILIO_AUTH_TOKEN=" "), "TWILIO_AUTH_TOKEN"),
         (production_without("TWILIO_ACCOUNT_SID"), "TWILIO_ACCOUNT_SID is required"),
+        (production_without("CALL_TOKEN_SECRET"), "CALL_TOKEN_SECRET"),
+        (production_without("CALL_TOKEN_SECRET", CALL_TOKEN_SECRET="short"), "32+"),
         (production_without("PUBLIC_HOST"), "PUBLIC_HOST is required"),
         (
             production_without("PUBLIC_HOST", PUBLIC_HOST="http://voice.example.com"),
@@ -364,7 +368,7 @@ def test_gateway_production_lists_every_problem_at_once(env: pytest.MonkeyPatch)
             TTS_PROVIDER="fake",
         )
     problems = problems_of(exc)
-    assert len(problems) == 6
+    assert len(problems) == 7
     message = str(exc.value)
     for name in ("TWILIO_VALIDATE_SIGNATURES", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID"):
         assert name in message
@@ -420,7 +424,7 @@ def test_check_all_keeps_secrets_out_of_its_message(env: pytest.MonkeyPatch) -> 
     env.setenv("PUBLIC_HOST", "http://voice.example.com")
     with pytest.raises(SettingsError) as exc:
         check_all(_env_file=None)
-    for secret in (TOKEN, OPENAI_KEY, DB_PASSWORD, REDIS_PASSWORD):
+    for secret in (TOKEN, OPENAI_KEY, DB_PASSWORD, REDIS_PASSWORD, CALL_TOKEN_SECRET):
         assert secret not in str(exc.value)
 
 

@@ -36,7 +36,15 @@ from crm.timeutil import utcnow
 from crm.visits import service as visit_service
 from tests.conftest import Tenant
 
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+#: Not broker routes: health checks, and Twilio's webhooks, which are authenticated by
+#: Twilio's signature instead of an API key (tests/voice/test_twilio_webhooks.py).
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("POST", "/twilio/voice"),
+    ("POST", "/twilio/status"),
+    ("POST", "/twilio/stream-status"),
+}
 
 
 @dataclass
@@ -110,6 +118,10 @@ NO_ID_ROUTES: dict[tuple[str, str], set[int]] = {
     ("GET", "/api/v1/templates"): {200},
     ("POST", "/api/v1/templates"): {201},
     ("GET", "/api/v1/audit"): {200},
+    # Twilio's webhooks take no API key: an unsigned request is refused outright.
+    ("POST", "/twilio/voice"): {403},
+    ("POST", "/twilio/status"): {403},
+    ("POST", "/twilio/stream-status"): {403},
 }
 
 

@@ -12,6 +12,9 @@ from sqlalchemy import text
 from crm.api import build_router
 from crm.db import get_sessionmaker
 from crm.errors import install_handlers
+from voice_gateway.metrics import router as metrics_router
+from voice_gateway.twilio.media import router as media_router
+from voice_gateway.twilio.webhooks import router as twilio_router
 
 log = logging.getLogger(__name__)
 
@@ -55,4 +58,7 @@ def create_app() -> FastAPI:
         return {"status": "ok", "database": "up"}
 
     app.include_router(build_router())
+    app.include_router(twilio_router)
+    app.include_router(media_router)
+    app.include_router(metrics_router)
     return app

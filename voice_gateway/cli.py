@@ -15,6 +15,7 @@ from crm.db import session_scope
 from crm.errors import Problem
 from voice_gateway.commands import bench as bench_commands
 from voice_gateway.commands import leads as leads_commands
+from voice_gateway.commands import simulate as simulate_commands
 
 app = typer.Typer(
     help="Real-time voice agent server and CRM for real-estate brokers.", no_args_is_help=True
@@ -25,6 +26,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(broker_app, name="broker")
 app.add_typer(leads_commands.app, name="leads")
 app.add_typer(bench_commands.app, name="bench")
+app.command("simulate-call")(simulate_commands.simulate_call)
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True)

@@ -37,6 +37,11 @@ class VADKind(StrEnum):
     silero = "silero"
 
 
+class TelephonyProvider(StrEnum):
+    twilio = "twilio"
+    fake = "fake"
+
+
 class GatewaySettings(BaseSettings):
     # Empty values count as unset, so a copied .env.example with blanks keeps the defaults.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
@@ -55,16 +60,48 @@ class GatewaySettings(BaseSettings):
     stt_provider: STTProvider = Field(default=STTProvider.pocketsphinx, alias="STT_PROVIDER")
     tts_provider: TTSProvider = Field(default=TTSProvider.espeak, alias="TTS_PROVIDER")
     vad: VADKind = Field(default=VADKind.webrtc, alias="VAD")
+    telephony_provider: TelephonyProvider = Field(
+        default=TelephonyProvider.twilio, alias="TELEPHONY_PROVIDER"
+    )
     fake_stt_latency_ms: int = Field(default=0, alias="FAKE_STT_LATENCY_MS", ge=0, le=60_000)
     fake_tts_latency_ms: int = Field(default=0, alias="FAKE_TTS_LATENCY_MS", ge=0, le=60_000)
+    fake_tts_ms_per_char: int = Field(default=60, alias="FAKE_TTS_MS_PER_CHAR", ge=1, le=1000)
+    google_tts_voice_es: str = Field(
+        default="es-US-Neural2-A", alias="GOOGLE_TTS_VOICE_ES", pattern=r"^[a-z]{2,3}-\w+-\S+$"
+    )
+    google_tts_voice_en: str = Field(
+        default="en-US-Neural2-F", alias="GOOGLE_TTS_VOICE_EN", pattern=r"^[a-z]{2,3}-\w+-\S+$"
+    )
+    google_tts_timeout_s: float = Field(default=5.0, alias="GOOGLE_TTS_TIMEOUT_S", gt=0, le=60)
+    google_tts_endpoint: str | None = Field(default=None, alias="GOOGLE_TTS_ENDPOINT")
+    espeak_rate_wpm: int = Field(default=165, alias="ESPEAK_RATE_WPM", ge=80, le=450)
+    espeak_pitch: int = Field(default=50, alias="ESPEAK_PITCH", ge=0, le=100)
+    tts_cache_max_bytes: int = Field(default=16 * 1024 * 1024, alias="TTS_CACHE_MAX_BYTES", ge=0)
+    tts_cache_on_disk: bool = Field(default=True, alias="TTS_CACHE_ON_DISK")
     google_application_credentials: Path | None = Field(
         default=None, alias="GOOGLE_APPLICATION_CREDENTIALS"
     )
+    google_stt_model: str = Field(default="telephony", alias="GOOGLE_STT_MODEL", min_length=1)
+    google_stt_languages: dict[str, str] = Field(
+        default={"es": "es-US", "en": "en-US"}, alias="GOOGLE_STT_LANGUAGES"
+    )
+    google_stt_restart_s: float = Field(default=240, alias="GOOGLE_STT_RESTART_S", ge=5, le=290)
+    google_stt_endpoint: str | None = Field(default=None, alias="GOOGLE_STT_ENDPOINT")
     max_concurrent_calls: int = Field(default=50, alias="MAX_CONCURRENT_CALLS", ge=1, le=10_000)
     recordings_dir: Path | None = Field(default=None, alias="RECORDINGS_DIR")
     call_token_ttl_s: int = Field(default=300, alias="CALL_TOKEN_TTL_S", ge=10, le=3600)
+    call_token_secret: SecretStr | None = Field(default=None, alias="CALL_TOKEN_SECRET")
+    admission_hold_s: int = Field(default=30, alias="ADMISSION_HOLD_S", ge=1, le=600)
     endpoint_silence_ms: int = Field(default=600, alias="ENDPOINT_SILENCE_MS", ge=100, le=5000)
+    barge_in_min_ms: int = Field(default=120, alias="BARGE_IN_MIN_MS", ge=20, le=2000)
     max_call_seconds: int = Field(default=900, alias="MAX_CALL_SECONDS", ge=30, le=4 * 3600)
+    twilio_api_base_url: str = Field(
+        default="https://api.twilio.com",
+        alias="TWILIO_API_BASE_URL",
+        pattern=r"^https?://[^/?#\s]+$",
+    )
+    twilio_rest_timeout_s: float = Field(default=5.0, alias="TWILIO_REST_TIMEOUT_S", ge=0.1, le=60)
+    metrics_token: SecretStr | None = Field(default=None, alias="METRICS_TOKEN")
 
     @field_validator("public_host")
     @classmethod
@@ -135,6 +172,11 @@ class GatewaySettings(BaseSettings):
             problems.append("TWILIO_AUTH_TOKEN is required to check Twilio signatures")
         if self.twilio_account_sid is None:
             problems.append("TWILIO_ACCOUNT_SID is required for outbound calls and hang-ups")
+        secret = self.call_token_secret.get_secret_value() if self.call_token_secret else ""
+        if len(secret.strip()) < 32:
+            problems.append(
+                "CALL_TOKEN_SECRET (32+ random characters, the same on every node) is required"
+            )
         if self.public_host is None:
             problems.append("PUBLIC_HOST is required: Twilio must reach the webhooks and stream")
         elif not self.public_is_tls:
@@ -143,6 +185,8 @@ class GatewaySettings(BaseSettings):
             problems.append("STT_PROVIDER=fake would transcribe a test script, not the caller")
         if self.tts_provider is TTSProvider.fake:
             problems.append("TTS_PROVIDER=fake would play test audio to callers")
+        if self.telephony_provider is TelephonyProvider.fake:
+            problems.append("TELEPHONY_PROVIDER=fake would never hang up or transfer real calls")
         credentials = self.google_application_credentials
         if credentials is not None and not credentials.is_file():
             problems.append(f"GOOGLE_APPLICATION_CREDENTIALS names a missing file: {credentials}")

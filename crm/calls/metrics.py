@@ -2,7 +2,7 @@
 
 Every mark is milliseconds on the call's own clock. The stages of one reply are the gaps
 between consecutive marks (endpoint → STT final → first LLM token → first TTS byte →
-first audio sent); the response latency the caller felt is endpoint → first audio sent.
+first audio sent); the response latency the caller felt is end of speech → first audio.
 A gap is only reported when both of its marks were measured and are in order.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 #: The marks a turn's latency may carry, in the order they happen.
 MARKS: tuple[str, ...] = (
+    "speech_end",
     "endpoint",
     "stt_final",
     "llm_first_token",
@@ -24,6 +25,7 @@ MARKS: tuple[str, ...] = (
 
 #: Stage name → (from mark, to mark).
 STAGES: dict[str, tuple[str, str]] = {
+    "endpointing_ms": ("speech_end", "endpoint"),
     "stt_ms": ("endpoint", "stt_final"),
     "llm_ms": ("stt_final", "llm_first_token"),
     "tts_ms": ("llm_first_token", "tts_first_byte"),
@@ -58,10 +60,15 @@ def _gap(latency: Mapping[str, Any], start: str, end: str) -> int | None:
 
 
 def response_latency(latency: Mapping[str, Any] | None) -> int | None:
-    """Caller stops speaking → first agent audio leaves: the delay the caller hears."""
+    """Caller stops speaking → first agent audio leaves: the delay the caller hears.
+
+    Measured from the end of the caller's speech when the gateway recorded it (so the
+    endpointing silence counts, as the caller feels it), else from the endpoint.
+    """
     if not latency:
         return None
-    return _gap(latency, "endpoint", "first_audio_sent")
+    start = "speech_end" if isinstance(latency.get("speech_end"), int) else "endpoint"
+    return _gap(latency, start, "first_audio_sent")
 
 
 def stage_breakdown(latency: Mapping[str, Any] | None) -> dict[str, int | None]:

@@ -78,3 +78,27 @@ class CallTurn(IdMixin, Base):
     latency: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     call: Mapped[Call] = relationship(back_populates="turns")
+
+
+class CallStatusEvent(IdMixin, Base):
+    """One Twilio status callback, kept once: Twilio may deliver one twice, in any order.
+
+    The unique (call_sid, sequence_number) is the idempotency key; `applied` says
+    whether the report moved the call (a late or repeated status does not).
+    """
+
+    __tablename__ = "call_status_event"
+    __table_args__ = (UniqueConstraint("call_sid", "sequence_number"),)
+
+    broker_id: Mapped[int] = mapped_column(BigId, ForeignKey("broker.id", ondelete="CASCADE"))
+    call_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("call.id", ondelete="CASCADE"), index=True
+    )
+    call_sid: Mapped[str] = mapped_column(String(64))
+    sequence_number: Mapped[int] = mapped_column()
+    #: Twilio's CallStatus as sent ("in-progress", "no-answer", ...).
+    status: Mapped[str] = mapped_column(String(32))
+    applied: Mapped[bool] = mapped_column(default=False)
+    #: Twilio's Timestamp of the event; `received_at` is when it reached us.
+    occurred_at: Mapped[datetime] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column()

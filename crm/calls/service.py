@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from crm.actor import Actor
 from crm.audit import service as audit
 from crm.calls import metrics
-from crm.calls.models import Call, CallStatus, CallTurn, TurnRole
+from crm.calls.models import Call, CallStatus, CallStatusEvent, CallTurn, TurnRole
 from crm.calls.status import accepts, is_final
 from crm.enums import Channel, Language
 from crm.errors import Conflict, InvalidInput, NotFound, field_error
@@ -212,6 +212,71 @@ def update_status(db: Session, *, call: Call, status: CallStatus, at: datetime) 
         call.ended_at = at
     db.flush()
     return True
+
+
+def record_status_callback(
+    db: Session,
+    *,
+    call: Call,
+    sequence_number: int | None,
+    status: CallStatus | None,
+    reported: str,
+    at: datetime,
+) -> bool:
+    """Apply one Twilio status callback at most once; True when it moved the call.
+
+    (CallSid, SequenceNumber) is stored first, under a savepoint: a repeat, or a twin
+    delivery racing this one, hits the unique key and changes nothing. `status` None is
+    a status we do not track (kept, not applied); without a sequence number only
+    `update_status`'s own refusal of repeats and backward moves protects the call.
+    """
+    event: CallStatusEvent | None = None
+    if sequence_number is not None and call.twilio_call_sid is not None:
+        seen = db.scalar(
+            select(CallStatusEvent.id).where(
+                CallStatusEvent.call_sid == call.twilio_call_sid,
+                CallStatusEvent.sequence_number == sequence_number,
+            )
+        )
+        if seen is not None:
+            return False
+        event = CallStatusEvent(
+            broker_id=call.broker_id,
+            call_id=call.id,
+            call_sid=call.twilio_call_sid,
+            sequence_number=sequence_number,
+            status=reported[:32],
+            occurred_at=at,
+            received_at=utcnow(),
+        )
+        try:
+            with db.begin_nested():
+                db.add(event)
+                db.flush()
+        except IntegrityError:
+            log.info("call %s: status callback %s already taken", call.id, sequence_number)
+            return False
+    applied = status is not None and update_status(db, call=call, status=status, at=at)
+    if event is not None:
+        event.applied = applied
+    db.flush()
+    return applied
+
+
+def record_stream_error(
+    db: Session, *, call: Call, stream_sid: str | None, error: str, actor: Actor
+) -> None:
+    """Keep Twilio's report that the call's media stream failed, in the call's audit trail."""
+    audit.record(
+        db,
+        actor=actor,
+        broker_id=call.broker_id,
+        action="call.stream_error",
+        object_type="call",
+        object_id=call.id,
+        changes={"stream_sid": stream_sid, "error": (error or "").strip()[:500] or None},
+    )
+    db.flush()
 
 
 def add_turn(

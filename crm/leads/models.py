@@ -72,7 +72,35 @@ class Lead(IdMixin, TimestampMixin, Base):
             postgresql_where=text("deleted_at IS NULL"),
             sqlite_where=text("deleted_at IS NULL"),
         ),
-        Index("ix_lead_broker_stage_activity", "broker_id", "stage", "last_activity_at"),
+        # Lists, rotting and the per-stage counts read only live leads, so the stage index
+        # holds only those: counts answer from the index alone, with no heap visit to
+        # check `deleted_at`.
+        Index(
+            "ix_lead_broker_stage_activity_live",
+            "broker_id",
+            "stage",
+            "last_activity_at",
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+        # "Inactive for N days", sorted by last activity: the page is a short walk back
+        # from the cutoff, `id` settles ties in index order, and the total counts the
+        # range from the index alone.
+        Index(
+            "ix_lead_broker_activity_live",
+            "broker_id",
+            "last_activity_at",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+        # The few soft-deleted leads, which the pipeline metrics leave out by id.
+        Index(
+            "ix_lead_broker_deleted",
+            "broker_id",
+            postgresql_where=text("deleted_at IS NOT NULL"),
+            sqlite_where=text("deleted_at IS NOT NULL"),
+        ),
         Index("ix_lead_broker_score", "broker_id", "score"),
         Index("ix_lead_broker_created", "broker_id", "created_at"),
         Index("ix_lead_broker_assigned", "broker_id", "assigned_to"),

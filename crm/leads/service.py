@@ -258,16 +258,31 @@ def _escape_like(text: str) -> str:
 
 
 def _text_search(q: str) -> ColumnElement[bool]:
-    """Name, email or phone contains `q`; a typed number matches however it was written."""
+    """Name, email or phone contains `q`; a typed number matches however it was written.
+
+    With no trigram index this reads every live lead of the broker, so the per-row test
+    is kept cheap. ILIKE lowers the pattern again on every row; on a UTF-8 database it is
+    `lower(column) LIKE lower(pattern)`, written here so the pattern is lowered once.
+    When `q` has no letters at all (a phone number, a lead number) case cannot change
+    the match, and a plain LIKE gives the same rows for a fraction of the cost.
+    """
     pattern = f"%{_escape_like(q)}%"
+    caseless = q.isascii() and not any(c.isalpha() for c in q)
+
+    def contains(column: InstrumentedAttribute[str | None]) -> ColumnElement[bool]:
+        if caseless:
+            return column.like(pattern, escape="\\")
+        return func.lower(column).like(func.lower(pattern), escape="\\")
+
     conditions: list[ColumnElement[bool]] = [
-        Lead.full_name.ilike(pattern, escape="\\"),
-        Lead.email.ilike(pattern, escape="\\"),
+        contains(Lead.full_name),
+        contains(Lead.email),
         Lead.phone.like(pattern, escape="\\"),
     ]
     digits = phones.digits(q)
     if len(digits) >= MIN_PHONE_SEARCH_DIGITS:
-        conditions.append(Lead.phone.like(f"%{digits}%"))
+        if digits != q:  # otherwise the same test as the phone LIKE above
+            conditions.append(Lead.phone.like(f"%{digits}%"))
         with suppress(phones.InvalidPhoneNumber):
             conditions.append(Lead.phone == phones.normalize(q, get_settings().default_region))
     return or_(*conditions)

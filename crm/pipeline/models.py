@@ -1,8 +1,10 @@
 """Stage history: one row per stay in a stage, so time in stage is `exited_at - entered_at`.
 
-The two range indexes serve the metrics (crm.pipeline.metrics): entries and conversion
-read stays by `entered_at`, time in stage by `exited_at`. On PostgreSQL they carry the
-other columns those queries read, so a vacuumed table answers from the index alone.
+The two range indexes serve the metrics (crm.pipeline.metrics): stays are read by
+`entered_at` (entries, durations, short-window conversion) and by `exited_at` (durations
+of stays entered earlier); the (broker, lead, entered) index hands a long window's stays
+to the conversion already grouped by lead. On PostgreSQL they carry the other columns
+those queries read, so a vacuumed table answers from the index alone.
 """
 
 from __future__ import annotations
@@ -25,13 +27,20 @@ class LeadStageHistory(IdMixin, Base):
             "ix_lead_stage_history_broker_entered",
             "broker_id",
             "entered_at",
-            postgresql_include=["lead_id", "stage", "from_stage"],
+            postgresql_include=["lead_id", "stage", "from_stage", "exited_at"],
         ),
         Index(
             "ix_lead_stage_history_broker_exited",
             "broker_id",
             "exited_at",
             postgresql_include=["stage", "entered_at", "lead_id"],
+        ),
+        Index(
+            "ix_lead_stage_history_broker_lead",
+            "broker_id",
+            "lead_id",
+            "entered_at",
+            postgresql_include=["stage"],
         ),
         Index("ix_lead_stage_history_lead_entered", "lead_id", "entered_at"),
         # At most one open stay per lead: the current stage.

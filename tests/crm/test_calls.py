@@ -118,11 +118,18 @@ FULL = {
 def test_response_latency_and_stages() -> None:
     assert metrics.response_latency(FULL) == 720
     assert metrics.stage_breakdown(FULL) == {
+        "endpointing_ms": None,
         "stt_ms": 150,
         "llm_ms": 350,
         "tts_ms": 200,
         "send_ms": 20,
     }
+
+
+def test_response_latency_counts_endpointing_when_speech_end_is_known() -> None:
+    with_speech_end = {**FULL, "speech_end": FULL["endpoint"] - 600}
+    assert metrics.response_latency(with_speech_end) == 720 + 600
+    assert metrics.stage_breakdown(with_speech_end)["endpointing_ms"] == 600
 
 
 def test_latency_gaps_need_both_marks_in_order() -> None:

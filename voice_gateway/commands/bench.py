@@ -71,8 +71,8 @@ def bench_crm(
 ) -> None:
     """Seed PostgreSQL and print p50/p95/p99 for the lead list, a lead with its
     timeline and the pipeline metrics."""
-    from crm.benchseed import seed
-    from crm.db import session_scope
+    from crm.benchseed import seed, settle
+    from crm.db import get_engine, session_scope
     from crm.migrate import upgrade
 
     if not database_url.startswith("postgresql"):
@@ -83,6 +83,7 @@ def bench_crm(
     started = time.perf_counter()
     with session_scope() as db:
         seeded = seed(db, leads=leads)
+    settle(get_engine())
     console.print(
         f"seeded broker {seeded.broker_id}: {seeded.leads:,} leads, "
         f"{seeded.history_rows:,} stage-history rows "

@@ -1,0 +1,1 @@
+"""Speech and telephony providers: small Protocols (base.py), one file per vendor."""
