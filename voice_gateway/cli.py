@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+import threading
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -157,23 +158,145 @@ def serve(
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="TCP port for the demo API")] = 8000,
-    no_serve: Annotated[bool, typer.Option("--no-serve", help="Seed and print, then exit")] = False,
+    port: Annotated[
+        int, typer.Option(help="TCP port; a free one is used if it is taken (or 0)")
+    ] = 8000,
+    serve_after: Annotated[
+        bool, typer.Option("--serve", help="Keep the API running after the call")
+    ] = False,
+    no_call: Annotated[bool, typer.Option("--no-call", help="Seed and print, no call")] = False,
 ) -> None:
-    """The embedded main job: SQLite, a seeded demo broker, the API on localhost."""
-    from voice_gateway.demo import prepare_demo
+    """The embedded main job: a whole simulated phone call with no services and no network.
 
+    SQLite, offline speech (PocketSphinx, eSpeak NG, WebRTC VAD), a demo broker and
+    leads; the simulator phones the server as Twilio would, then the CRM's record of
+    the call is printed.
+    """
+    from voice_gateway.demo import configure_embedded, prepare_demo
+
+    port = _free_port(port)
+    token = configure_embedded(port)
     info = prepare_demo()
     console.print(f"database: {info.database_url}")
-    console.print(f"demo broker {info.broker_id} ({info.broker_name}), {info.leads} demo leads")
-    console.print(f"API key (shown once): [bold]{info.api_key}[/bold]")
+    console.print(f"demo broker {info.broker_id} ({info.broker_name}), {info.leads} leads")
+    if no_call:
+        _print_access(info.api_key, port)
+        return
+    server, thread = _start_server(port)
+    try:
+        stored = _demo_call(port, token)
+    finally:
+        if not serve_after:
+            server.should_exit = True
+            thread.join(timeout=10)
+    _print_stored(stored)
+    if serve_after:
+        _print_access(info.api_key, port)
+        console.print("serving; press Ctrl+C to stop")
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_server(port: int) -> tuple[Any, threading.Thread]:
+    import time
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        "voice_gateway.app:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws_max_size=1 << 20,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="demo-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise _fail("the demo server did not start")
+        time.sleep(0.05)
+    return server, thread
+
+
+def _demo_call(port: int, token: str) -> Any:
+    import asyncio
+    import time
+
+    from voice_gateway.demo import DEMO_CALLER, DEMO_NUMBER, DEMO_SCRIPT, stored_call
+    from voice_gateway.simulator.caller import CallOptions, run_call
+    from voice_gateway.simulator.script import parse_script
+
+    settings = get_settings()
+    audio = settings.data_dir / "demo-agent-audio.wav"
+    console.print(f"calling {DEMO_NUMBER} from {DEMO_CALLER}, as Twilio would:")
+    result = asyncio.run(
+        run_call(
+            f"http://127.0.0.1:{port}",
+            parse_script(DEMO_SCRIPT, language="en"),
+            options=CallOptions(
+                from_number=DEMO_CALLER,
+                to_number=DEMO_NUMBER,
+                public_host=f"127.0.0.1:{port}",
+                auth_token=token,
+                timeout_s=30,
+                save_audio=audio,
+                echo=lambda line: console.print(f"  {line}", highlight=False),
+            ),
+        )
+    )
+    if "call_id" not in result.parameters:
+        raise _fail(
+            f"the simulated call never reached the server: {'; '.join(map(str, result.errors))}"
+        )
+    call_id = int(result.parameters["call_id"])
+    deadline = time.monotonic() + 15
+    while True:  # the session finishes the call in the CRM right after the socket closes
+        stored = stored_call(call_id)
+        if stored.end_reason is not None or time.monotonic() > deadline:
+            return stored
+        time.sleep(0.1)
+
+
+def _print_stored(stored: Any) -> None:
+    console.print(
+        f"\n[bold]What the CRM stored[/bold] (call {stored.call_id}: {stored.status}, "
+        f"ended by {stored.end_reason}, {stored.duration_s} s)"
+    )
+    for turn in stored.turns:
+        latency = f"  [{turn.response_ms} ms to reply]" if turn.response_ms is not None else ""
+        cut = " (interrupted)" if turn.interrupted else ""
+        console.print(
+            f"  {turn.start_ms / 1000:6.2f}s {turn.role:>6}: {turn.text}{cut}{latency}",
+            highlight=False,
+        )
+    console.print(f"recording: {stored.recording_path}")
+    console.print(f"lead: {stored.lead_name}, stage {stored.lead_stage}, score {stored.lead_score}")
+
+
+def _print_access(api_key: str, port: int) -> None:
+    console.print(f"API key (shown once): [bold]{api_key}[/bold]")
     console.print(f"docs: http://127.0.0.1:{port}/docs")
     console.print(
-        f"try:  curl -H 'Authorization: Bearer {info.api_key}' http://127.0.0.1:{port}/api/v1/leads"
+        f"try:  curl -H 'Authorization: Bearer {api_key}' http://127.0.0.1:{port}/api/v1/calls"
     )
-    if no_serve:
-        return
-    serve(host="127.0.0.1", port=port, workers=1)
 
 
 def main() -> None:

@@ -128,3 +128,118 @@ def prepare_demo() -> DemoInfo:
             api_key=api_key,
             leads=int(count or 0),
         )
+
+
+#: The demo caller speaks English: the only language with an offline recogniser
+#: (PocketSphinx); Spanish calls need STT_PROVIDER=google.
+DEMO_CALLER = "+14155552671"
+DEMO_SCRIPT = """\
+language en
+wait
+say Hi. I am looking for a three bedroom house near the beach.
+wait
+say My budget is about nine hundred thousand dollars.
+wait
+say Thank you. Goodbye.
+wait 1500
+"""
+
+#: The embedded main job runs offline whatever the environment says.
+EMBEDDED_PROVIDERS = {
+    "STT_PROVIDER": "pocketsphinx",
+    "TTS_PROVIDER": "espeak",
+    "VAD": "webrtc",
+    "TELEPHONY_PROVIDER": "fake",
+    "TWILIO_VALIDATE_SIGNATURES": "true",
+}
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    role: str
+    start_ms: int
+    end_ms: int
+    text: str
+    interrupted: bool
+    response_ms: int | None
+
+
+@dataclass(frozen=True)
+class StoredCall:
+    call_id: int
+    status: str
+    end_reason: str | None
+    duration_s: int | None
+    recording_path: str | None
+    turns: list[StoredTurn]
+    lead_name: str | None
+    lead_stage: str | None
+    lead_score: int | None
+
+
+def configure_embedded(port: int) -> str:
+    """Point this process at offline providers and a local signing key; returns the key."""
+    import os
+    import secrets
+
+    from crm import config as crm_config
+    from crm import db as crm_db
+    from voice_gateway import config as gateway_config
+    from voice_gateway import runtime
+    from voice_gateway.admission import get_admission
+    from voice_gateway.twilio.tokens import get_call_tokens
+
+    token = secrets.token_hex(16)
+    os.environ.update(EMBEDDED_PROVIDERS)
+    os.environ["TWILIO_AUTH_TOKEN"] = token
+    os.environ.setdefault("CALL_TOKEN_SECRET", secrets.token_urlsafe(32))
+    os.environ["PUBLIC_HOST"] = f"127.0.0.1:{port}"
+    for cached in (
+        crm_config.get_settings,
+        crm_db.get_engine,
+        crm_db.get_sessionmaker,
+        gateway_config.get_settings,
+        runtime.get_runtime,
+        get_admission,
+        get_call_tokens,
+    ):
+        cached.cache_clear()
+    return token
+
+
+def stored_call(call_id: int) -> StoredCall:
+    """What the CRM kept of a call: the row, its turns, its lead."""
+    from crm.calls.metrics import response_latency
+    from crm.calls.models import Call
+
+    with session_scope() as db:
+        call = db.get(Call, call_id)
+        if call is None:
+            raise LookupError(f"call {call_id} was not stored")
+        lead = db.get(Lead, call.lead_id) if call.lead_id is not None else None
+        duration = (
+            int((call.ended_at - call.started_at).total_seconds())
+            if call.ended_at and call.started_at
+            else None
+        )
+        return StoredCall(
+            call_id=call.id,
+            status=call.status.value,
+            end_reason=call.end_reason,
+            duration_s=duration,
+            recording_path=call.recording_path,
+            turns=[
+                StoredTurn(
+                    t.role.value,
+                    t.start_ms,
+                    t.end_ms,
+                    t.text,
+                    t.interrupted,
+                    response_latency(t.latency),
+                )
+                for t in call.turns
+            ],
+            lead_name=lead.full_name if lead else None,
+            lead_stage=lead.stage.value if lead else None,
+            lead_score=lead.score if lead else None,
+        )

@@ -285,6 +285,10 @@ class TurnConfig:
             endpoint_silence_ms=settings.endpoint_silence_ms,
             min_barge_in_ms=settings.barge_in_min_ms,
             max_call_ms=settings.max_call_seconds * 1000,
+            # A short ENDPOINT_SILENCE_MS also shortens the wait that tells a backchannel.
+            resume_after_silence_ms=min(
+                cls().resume_after_silence_ms, settings.endpoint_silence_ms
+            ),
         )
         return replace(config, **overrides)
 
