@@ -78,6 +78,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+    # We emit BEGIN ourselves (below): pysqlite's implicit one comes too late.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    """Take the write lock when the transaction starts, waiting up to busy_timeout.
+
+    A deferred transaction that reads and then writes cannot wait for the lock in WAL
+    mode: once another connection has committed since its read, SQLite fails it at
+    once with "database is locked". Concurrent webhooks and call sessions do exactly
+    that, so every transaction begins IMMEDIATE and queues on busy_timeout instead.
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Engine:
@@ -88,6 +101,7 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True

@@ -95,6 +95,10 @@ class GatewaySettings(BaseSettings):
     endpoint_silence_ms: int = Field(default=600, alias="ENDPOINT_SILENCE_MS", ge=100, le=5000)
     barge_in_min_ms: int = Field(default=120, alias="BARGE_IN_MIN_MS", ge=20, le=2000)
     max_call_seconds: int = Field(default=900, alias="MAX_CALL_SECONDS", ge=30, le=4 * 3600)
+    media_timeout_ms: int = Field(default=10_000, alias="MEDIA_TIMEOUT_MS", ge=200, le=120_000)
+    transfer_number: str | None = Field(
+        default=None, alias="TRANSFER_NUMBER", pattern=r"^\+[1-9]\d{7,14}$"
+    )
     twilio_api_base_url: str = Field(
         default="https://api.twilio.com",
         alias="TWILIO_API_BASE_URL",

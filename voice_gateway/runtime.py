@@ -100,7 +100,14 @@ class VoiceRuntime:
         )
 
     def session_config(self) -> SessionConfig:
-        return SessionConfig(turn=TurnConfig.from_settings(self.settings))
+        """The per-call knobs an operator sets: turn-taking, how long Twilio may go quiet,
+        and how long the caller may wait in silence for the agent's first word."""
+        first_token_s = get_agent_settings().llm_first_token_timeout_s
+        return SessionConfig(
+            turn=TurnConfig.from_settings(self.settings),
+            inbound_timeout_ms=self.settings.media_timeout_ms,
+            agent_first_token_timeout_ms=max(1, round(first_token_s * 1000)),
+        )
 
     def new_session(
         self,
@@ -119,6 +126,7 @@ class VoiceRuntime:
             business_name=business_name,
             first_token_latency_s=agent_settings.fake_llm_latency_ms / 1000,
             token_interval_s=agent_settings.fake_llm_token_interval_ms / 1000,
+            transfer_number=self.settings.transfer_number,
         )
         recording = self.settings.resolved_recordings_dir / str(broker_id) / f"call-{call_id}.wav"
         return CallSession(
@@ -129,6 +137,7 @@ class VoiceRuntime:
                 broker_id=broker_id,
                 lead_id=lead_id,
                 language=language,
+                transfer_number=self.settings.transfer_number,
             ),
             send=send,
             agent=agent,

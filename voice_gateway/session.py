@@ -253,6 +253,8 @@ class CallSession:
         self._turn_latency: dict[str, int] = {}
         self._last_final_ms: int | None = None
         self._end_reason: EndReason | None = None
+        #: When the call ended on the call clock (the recording stops there).
+        self._end_ms: int | None = None
 
     # -- the call clock ----------------------------------------------------------------
 
@@ -298,6 +300,7 @@ class CallSession:
             self._count_error("internal")
             reason = EndReason.internal_error
         self._end_reason = reason
+        self._end_ms = self.now_ms()
         await self._teardown(reason)
         return reason
 
@@ -308,6 +311,8 @@ class CallSession:
             ("store the cut reply", self._store_cut_reply),
             ("store turns", self._drain_persist),
             ("hang up", lambda: self._hang_up_if_needed(reason)),
+            # Before the call is finished: once the CRM says "ended", its WAV is whole.
+            ("close the recording", self._close_recording),
             ("finish call", lambda: self._store.finish(reason)),
         ]
         for name, step in steps:
@@ -315,12 +320,11 @@ class CallSession:
                 await asyncio.wait_for(step(), timeout=10)
             except Exception:
                 log.exception("call %s: teardown step %r failed", self.context.call_id, name)
-        if self._recorder is not None:
-            try:
-                self._recorder.close(self.now_ms())
-            except Exception:
-                log.exception("call %s: closing the recording failed", self.context.call_id)
         log.info("call %s ended: %s", self.context.call_id, reason.value)
+
+    async def _close_recording(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close(self._end_ms)
 
     async def _close_stt(self) -> None:
         if self._stt is not None:
@@ -484,12 +488,16 @@ class CallSession:
         self._enqueue_turn(TurnRecord("caller", text, event.onset_ms, event.speech_end_ms))
         self._conversation.turns.append(Turn("caller", text))
         self._turn_onset_ms = None
-        # The policy dates the endpoint on the media clock (a frame's end); the moment
-        # this process acted on it is what the latency breakdown should show.
-        endpoint = max(event.speech_end_ms, min(event.at_ms, self.now_ms()))
+        # The latency clock, in the order the CRM reads it: the VAD's endpoint (the end
+        # of speech plus the endpoint silence, or the moment this process acted on the
+        # turn if that came first), then the STT final as it was in hand for the turn: a
+        # final that arrived before the endpoint cost the caller nothing, so it counts
+        # at the endpoint, and what it did cost shows as the gap after it.
+        acted = max(event.speech_end_ms, min(event.at_ms, self.now_ms()))
+        endpoint = min(event.speech_end_ms + self.config.turn.endpoint_silence_ms, acted)
         self._turn_latency = {"speech_end": event.speech_end_ms, "endpoint": endpoint}
         if self._last_final_ms is not None and self._last_final_ms >= event.onset_ms:
-            self._turn_latency["stt_final"] = self._last_final_ms
+            self._turn_latency["stt_final"] = min(max(self._last_final_ms, endpoint), acted)
         if self._reply is not None:
             if self._reply.held:
                 self._drop_held_reply()

@@ -21,20 +21,24 @@ deadline only turns a hang into a failure).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import uvicorn
 from sqlalchemy import select
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from agent import config as agent_config
 from crm import config as crm_config
@@ -47,9 +51,13 @@ from voice_gateway import config as gateway_config
 from voice_gateway import metrics as metrics_module
 from voice_gateway import runtime as runtime_module
 from voice_gateway.providers.telephony_fake import FakeTelephony
+from voice_gateway.providers.tts_fake import speech_frames
 from voice_gateway.runtime import VoiceRuntime
 from voice_gateway.session import SessionConfig
+from voice_gateway.simulator import dial
 from voice_gateway.simulator.caller import CallOptions
+from voice_gateway.simulator.playback import MarkEchoed, PlaybackBuffer, PlaybackEvent
+from voice_gateway.twilio import protocol as tw
 from voice_gateway.twilio import tokens as tokens_module
 
 AUTH_TOKEN = "gateway-test-auth-token-0123456789"
@@ -287,5 +295,226 @@ async def ended_call(sid: str, *, timeout_s: float = 15.0) -> Call:
     return await wait_for(probe, what=f"call {sid} to end", timeout_s=timeout_s)
 
 
-async def gather(*calls: Awaitable[T]) -> list[T]:
-    return list(await asyncio.gather(*calls))
+# -- a hand-driven media stream ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Closed:
+    code: int | None
+    reason: str
+
+
+class TwilioStream:
+    """Twilio's half of one media stream, driven by hand.
+
+    The simulator plays whole scripted calls; a bad-input test also needs to send what
+    Twilio never would, to go quiet without hanging up, or to drop the socket without
+    `stop`. Where the test does not intervene this behaves as Twilio does: while
+    `streaming`, a 20 ms μ-law frame every 20 ms (silence unless `say` queued speech,
+    which is the fake TTS's voice: the fake STT hears it, the VAD calls it speech); the
+    agent's audio goes through the simulator's `PlaybackBuffer`, so marks are echoed
+    when the audio before them has played and `clear` echoes the pending ones at once.
+    """
+
+    def __init__(self, ws: ClientConnection, target: dial.StreamTarget, *, call_sid: str) -> None:
+        self.ws = ws
+        self.target = target
+        self.call_sid = call_sid
+        self.stream_sid = dial.new_sid("MZ")
+        self.account_sid = "AC" + "0" * 32
+        self.received: list[tw.OutboundMessage] = []
+        #: (loop time in ms, message) for every media/mark/clear received.
+        self.timeline: list[tuple[float, tw.OutboundMessage]] = []
+        self.closed: asyncio.Future[Closed] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._playback = PlaybackBuffer()
+        self._seq = 0
+        self._chunk = 0
+        self._speech: list[bytes] = []
+        self._speech_done: asyncio.Future[None] | None = None
+        self._pacer: asyncio.Task[None] | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    async def dial(
+        cls, gateway: Gateway, line: Line, *, start: bool = True, **start_changes: Any
+    ) -> TwilioStream:
+        """Ring the voice webhook, open the signed stream; with `start`, send `connected`
+        and `start` (with `start_changes` applied) and begin streaming silence."""
+        call_sid = dial.new_sid("CA")
+        target = await ring(gateway, line, call_sid)
+        ws = await connect_stream(gateway, target.url)
+        stream = cls(ws, target, call_sid=call_sid)
+        if start:
+            await stream.send(tw.serialize(tw.Connected()))
+            await stream.send(stream.start_message(**start_changes))
+            stream.stream()
+        return stream
+
+    def start_message(self, **changes: Any) -> str:
+        """`start` as Twilio would send it for this call; `changes` override its fields
+        (`custom_parameters`, `call_sid`...)."""
+        start = tw.Start(
+            sequence_number=self.next_seq(),
+            stream_sid=self.stream_sid,
+            account_sid=self.account_sid,
+            call_sid=self.call_sid,
+            custom_parameters=dict(self.target.parameters),
+        )
+        return tw.serialize(replace(start, **changes))
+
+    # -- sending ---------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def media_message(self, payload: bytes) -> str:
+        chunk = self._chunk = self._chunk + 1
+        media = tw.Media(self.next_seq(), self.stream_sid, chunk, (chunk - 1) * 20, payload)
+        return tw.serialize(media)
+
+    async def send(self, message: str | bytes) -> None:
+        await self.ws.send(message)
+
+    def stream(self) -> None:
+        """Send a frame every 20 ms from now on (Twilio's steady beat)."""
+        if self._pacer is None:
+            self._pacer = asyncio.create_task(self._pace())
+
+    def go_silent(self) -> None:
+        """Stop sending anything at all, the socket left open (a stalled Twilio)."""
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+
+    async def say(self, ms: int) -> None:
+        """Speak for `ms` (whole frames) and return once the last frame is sent."""
+        frames = speech_frames()
+        count = max(1, ms // 20)
+        self._speech.extend(frames[i % len(frames)] for i in range(count))
+        self._speech_done = self._loop.create_future()
+        await self._speech_done
+
+    async def dtmf(self, digit: str) -> None:
+        await self.send(tw.serialize(tw.Dtmf(self.next_seq(), self.stream_sid, digit)))
+
+    async def stop(self) -> None:
+        """Hang up as Twilio does: `stop`, then close."""
+        self.go_silent()
+        stop = tw.Stop(self.next_seq(), self.stream_sid, self.account_sid, self.call_sid)
+        with contextlib.suppress(ConnectionClosed):
+            await self.send(tw.serialize(stop))
+        await self.ws.close()
+
+    async def drop(self) -> None:
+        """Close the socket without `stop` (a network failure, a crashed proxy)."""
+        self.go_silent()
+        await self.ws.close()
+
+    # -- what the server sent ----------------------------------------------------------
+
+    def now_ms(self) -> float:
+        return self._loop.time() * 1000
+
+    async def wait_closed(self, timeout_s: float = 15.0) -> Closed:
+        return await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [m for m in self.received if type(m) is kind]
+
+    def agent_audio_since(self, since_ms: float) -> bool:
+        return any(t >= since_ms and type(m) is tw.OutboundMedia for t, m in self.timeline)
+
+    async def agent_reply(self, since_ms: float, *, timeout_s: float = 10.0) -> None:
+        """Until agent audio arrives after `since_ms` and has all played."""
+        deadline = self._loop.time() + timeout_s
+        while not (self.agent_audio_since(since_ms) and not self._playback.playing(self.now_ms())):
+            if self.closed.done():
+                raise AssertionError(f"the server closed the stream: {self.closed.result()}")
+            if self._loop.time() > deadline:
+                raise AssertionError(f"no agent reply within {timeout_s:g} s")
+            await asyncio.sleep(0.02)
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                now = self.now_ms()
+                msg = tw.parse_outbound(message)
+                self.received.append(msg)
+                self.timeline.append((now, msg))
+                if type(msg) is tw.OutboundMedia:
+                    events = self._playback.media(now, msg.payload)
+                elif type(msg) is tw.OutboundMark:
+                    events = self._playback.mark(now, msg.name)
+                else:
+                    events = self._playback.clear(now)
+                await self._echo(events)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.go_silent()
+            if not self.closed.done():
+                self.closed.set_result(Closed(self.ws.close_code, self.ws.close_reason or ""))
+
+    async def _echo(self, events: list[PlaybackEvent]) -> None:
+        for event in events:
+            if type(event) is MarkEchoed and self.ws.close_code is None:
+                mark = tw.Mark(self.next_seq(), self.stream_sid, event.name)
+                with contextlib.suppress(ConnectionClosed):
+                    await self.send(tw.serialize(mark))
+
+    async def _pace(self) -> None:
+        started = self._loop.time()
+        beat = 0
+        while True:
+            beat += 1
+            await asyncio.sleep(max(0.0, started + beat * 0.02 - self._loop.time()))
+            await self._echo(self._playback.advance(self.now_ms()))
+            if self._speech:
+                payload = self._speech.pop(0)
+            else:
+                payload = SILENCE
+                if self._speech_done is not None and not self._speech_done.done():
+                    self._speech_done.set_result(None)
+            try:
+                await self.send(self.media_message(payload))
+            except ConnectionClosed:
+                return
+
+
+SILENCE = b"\xff" * 160
+
+
+async def ring(gateway: Gateway, line: Line, call_sid: str) -> dial.StreamTarget:
+    """The voice webhook, signed, as Twilio posts it; the stream its TwiML names."""
+    address = dial.Address.of(gateway.base_url, gateway.public_host)
+    fields = dial.webhook_fields(
+        call_sid=call_sid,
+        account_sid="AC" + "0" * 32,
+        from_number=line.caller,
+        to_number=line.number,
+    )
+    async with httpx.AsyncClient() as http:
+        return await dial.ring(http, address, fields, auth_token=AUTH_TOKEN, timeout_s=10)
+
+
+async def connect_stream(
+    gateway: Gateway, stream_url: str, *, headers: Mapping[str, str] | None = None
+) -> ClientConnection:
+    """Open the media socket at `stream_url`, signed with the auth token unless
+    `headers` says otherwise (the upgrade is signed over the public wss:// URL)."""
+    address = dial.Address.of(gateway.base_url, gateway.public_host)
+    sent = {**address.forwarded_headers(), **dial.sign(AUTH_TOKEN, stream_url, {})}
+    if headers is not None:
+        sent = {**address.forwarded_headers(), **headers}
+    return await connect(
+        address.socket_url(stream_url),
+        additional_headers=sent,
+        open_timeout=10,
+        close_timeout=5,
+        ping_interval=None,
+        max_size=1 << 22,
+    )

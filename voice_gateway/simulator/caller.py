@@ -248,6 +248,7 @@ class SimulatedCall:
         self._last_onset: float | None = None
         self._last_agent_media: float | None = None
         self._quiet_since = 0.0
+        self._last_clear: float | None = None
         self._reply_armed: float | None = None
         self._reply_blocked = False
         self._interruption: _Interruption | None = None
@@ -444,6 +445,9 @@ class SimulatedCall:
             spoke = self._last_agent_media
             if spoke is None or (since is not None and spoke < since):
                 return False
+            cleared = self._last_clear
+            if since is not None and cleared is not None and cleared > since and spoke < cleared:
+                return False  # only the reply the caller cut off has played; theirs is due
             return not playback.playing(now) and now - self._quiet_since >= pause_ms
 
         await self._until(done, "the agent's reply", patience_ms)
@@ -605,6 +609,7 @@ class SimulatedCall:
                 self._interruption_outlived(event.at_ms)
             elif type(event) is Cleared:
                 self._quiet_since = event.at_ms
+                self._last_clear = event.at_ms
                 self._reply_blocked = False
                 self._on_clear(event)
 

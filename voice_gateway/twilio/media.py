@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-#: How long Twilio has, after the upgrade, to send `connected` and `start`.
-START_TIMEOUT_S = 10.0
+#: The end reason of a call whose stream came when the process was full.
+OVER_CAPACITY = "over_capacity"
 _FINAL = {
     CallStatus.completed,
     CallStatus.busy,
@@ -75,11 +75,13 @@ async def media_stream(ws: WebSocket) -> None:
     await ws.accept()
     runtime = get_runtime()
     state = tw.StreamState()
+    # Twilio sends `connected` and `start` at once; a stream without them is no call.
+    start_timeout_s = settings.media_timeout_ms / 1000
     try:
-        start = await asyncio.wait_for(_await_start(ws, state), START_TIMEOUT_S)
+        start = await asyncio.wait_for(_await_start(ws, state), start_timeout_s)
         info = await _admit(start, runtime)
     except TimeoutError:
-        log.warning("media stream closed: no start within %.0f s", START_TIMEOUT_S)
+        log.warning("media stream closed: no start within %g s", start_timeout_s)
         await _close(ws, tw.CloseCode.POLICY_VIOLATION, "no start")
         return
     except tw.ProtocolError as exc:
@@ -95,21 +97,29 @@ async def media_stream(ws: WebSocket) -> None:
     if slot is None:
         log.warning("call %s: refused, the process is at its call limit", info.call_id)
         runtime.metrics.admission_refused()
+        await _end_unserved(info, OVER_CAPACITY)
         await _close(ws, tw.CloseCode.POLICY_VIOLATION, "over capacity")
         return
     runtime.metrics.call_started("inbound")
     reason = EndReason.internal_error
     try:
-        session = runtime.new_session(
-            call_id=info.call_id,
-            call_sid=start.call_sid,
-            stream_sid=start.stream_sid,
-            broker_id=info.broker_id,
-            lead_id=info.lead_id,
-            language=info.language,
-            business_name=info.business_name,
-            send=_sender(ws),
-        )
+        try:
+            session = runtime.new_session(
+                call_id=info.call_id,
+                call_sid=start.call_sid,
+                stream_sid=start.stream_sid,
+                broker_id=info.broker_id,
+                lead_id=info.lead_id,
+                language=info.language,
+                business_name=info.business_name,
+                send=_sender(ws),
+            )
+        except Exception:
+            # A bug or a bad setting: this call ends now, in the CRM too, not the process.
+            log.exception("call %s: the call session could not be set up", info.call_id)
+            await _end_unserved(info, reason.value)
+            await _close(ws, tw.CloseCode.INTERNAL_ERROR, reason.value)
+            return
         reason = await session.run(_messages(ws, state, call=str(info.call_id)))
     finally:
         runtime.admission.release(slot)
@@ -183,6 +193,26 @@ def _load_call(call_id: int) -> CallInfo | None:
             language=language,
             business_name=broker.legal_name,
         )
+
+
+async def _end_unserved(info: CallInfo, reason: str) -> None:
+    """End a call whose stream we refused after `start` named it, so it is not left
+    in progress forever; closing the socket ends it on Twilio's side."""
+    try:
+        await asyncio.to_thread(_end_call, info, reason)
+    except Exception:
+        log.exception("call %s: could not record its end (%s)", info.call_id, reason)
+
+
+def _end_call(info: CallInfo, reason: str) -> None:
+    from crm.actor import Actor
+    from crm.calls.models import Call
+
+    with session_scope() as db:
+        call = db.get(Call, info.call_id)
+        if call is not None:
+            actor = Actor.agent(f"call-{info.call_id}")
+            call_service.end_call(db, call=call, reason=reason, at=utcnow(), actor=actor)
 
 
 async def _messages(
