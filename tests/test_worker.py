@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -131,7 +132,21 @@ def redis_app(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis) -> Ite
     app = make_celery(_settings(monkeypatch, services.REDIS_URL))
     queue = f"voiceagent-test-{uuid.uuid4().hex}"
     app.conf.task_default_queue = queue
+    # The in-process worker must not rewire this process's logging: later tests read
+    # log records (caplog) from loggers Celery would otherwise have taken over.
+    app.conf.worker_hijack_root_logger = False
+    loggers = {
+        name: (lg.disabled, lg.propagate, list(lg.handlers))
+        for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    }
+    root = (logging.root.level, list(logging.root.handlers))
     yield app
+    for name, (disabled, propagate, handlers) in loggers.items():
+        lg = logging.getLogger(name)
+        lg.disabled, lg.propagate, lg.handlers = disabled, propagate, handlers
+    logging.root.setLevel(root[0])
+    logging.root.handlers = root[1]
     previous.set_current()
     previous.set_default()
     stale = list(redis_client.scan_iter(match=f"*{queue}*"))

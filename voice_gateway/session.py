@@ -17,13 +17,15 @@ agent turn is stored as interrupted, truncated to what was heard.
 Every way a call ends (stop, disconnect, goodbye, transfer, error, timeout) raises
 `SessionEnded` inside the call's TaskGroup, which cancels all of its tasks together;
 `run` then tears down once: close STT, store what is pending, hang up where needed,
-finish the call in the CRM, close the recording.
+close the recording, finish the call in the CRM; each step runs even if one before it
+failed. A provider failure costs the call a phrase, never the process: a slow agent a
+fallback, a failed transfer an apology, a broken recognizer a goodbye; a CRM write that
+fails is retried once and logged, never allowed to end the call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +36,7 @@ from agent.base import Action, ActionKind, Agent, AgentOutput, Conversation, Tex
 from voice_gateway.audio import mulaw
 from voice_gateway.audio.vad import Vad
 from voice_gateway.events import EndReason, TurnRecord
-from voice_gateway.playback import Heard, Playback, Segment
+from voice_gateway.playback import Heard, Playback, Segment, truncate_to_heard
 from voice_gateway.providers.base import (
     FRAME_MS,
     AudioFrame,
@@ -64,6 +66,8 @@ from voice_gateway.twilio import protocol as tw
 log = logging.getLogger(__name__)
 
 FRAME_BYTES = 8 * FRAME_MS  # μ-law bytes in one 20 ms frame
+#: Pause before a failed turn is stored again (a database failover, a lock timeout).
+STORE_RETRY_S = 0.25
 
 #: What the session itself says (the agent says everything else).
 PHRASES = {
@@ -74,6 +78,10 @@ PHRASES = {
         "fallback": "Disculpe, tuve un problema. ¿Me lo puede repetir?",
         "opt_out": "Entendido, no le volveremos a llamar. Adiós.",
         "transfer": "Le paso con un asesor. Un momento, por favor.",
+        "technical_goodbye": "Disculpe, tenemos un problema técnico. Le llamaremos "
+        "más tarde. Adiós.",
+        "transfer_failed": "Lo siento, ahora no puedo pasarle con un asesor. Le llamará en "
+        "cuanto pueda. ¿Puedo ayudarle en algo más?",
     },
     "en": {
         "reprompt": "Are you still there?",
@@ -82,6 +90,10 @@ PHRASES = {
         "fallback": "Sorry, I had a problem. Could you say that again?",
         "opt_out": "Understood, we won't call you again. Goodbye.",
         "transfer": "I'll put you through to an agent. One moment, please.",
+        "technical_goodbye": "Sorry, we are having a technical problem. We will call you "
+        "back later. Goodbye.",
+        "transfer_failed": "Sorry, I can't put you through to an agent right now. One will "
+        "call you back soon. Can I help you with anything else?",
     },
 }
 
@@ -163,6 +175,9 @@ class _Reply:
     #: What the caller heard of each segment cut by a barge-in (seq → words, ms).
     cut: dict[int, str] = field(default_factory=dict)
     cut_ms: dict[int, int] = field(default_factory=dict)
+    #: Audio the TTS has produced for each segment (seq → ms): the length its words
+    #: are spread over when working out how many of them were heard.
+    synth_ms: dict[int, int] = field(default_factory=dict)
     #: The voice has said every sentence the agent wrote (playback may still go on).
     voiced_all: bool = False
     #: Words of a cut sentence still to say if the reply resumes.
@@ -239,12 +254,14 @@ class CallSession:
             language=language,
         )
         self._stt: SttStream | None = None
-        self._stt_frames: asyncio.Queue[AudioFrame] = asyncio.Queue(maxsize=500)
         self._audio_out: asyncio.Queue[tuple[_Reply, Segment, bytes | None]] = asyncio.Queue()
         self._persist: asyncio.Queue[TurnRecord] = asyncio.Queue()
         self._persisting: asyncio.Future[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._reply: _Reply | None = None
+        #: A caller turn that ended while an uninterruptible phrase played: stored and
+        #: answered once the phrase is over (turns are stored in the order they began).
+        self._pending_caller: TurnRecord | None = None
         self._pending_caller_text: str | None = None
         self._mark_seq = 0
         self._last_inbound_ms = 0
@@ -253,6 +270,8 @@ class CallSession:
         self._turn_latency: dict[str, int] = {}
         self._last_final_ms: int | None = None
         self._end_reason: EndReason | None = None
+        #: Recognition failed: no more audio goes to it; the call is saying goodbye.
+        self._stt_broken = False
         #: When the call ended on the call clock (the recording stops there).
         self._end_ms: int | None = None
 
@@ -261,11 +280,12 @@ class CallSession:
     def now_ms(self) -> int:
         return int((self._clock() - self._t0) * 1000)
 
-    def _align_clock(self, timestamp_ms: int) -> None:
+    def _align_clock(self, audio_end_ms: int) -> None:
         """Keep one call clock: Twilio's media timestamps count from the stream's start,
         which is before this session existed, so our clock is moved back to match the
-        earliest-arriving frame (never forward: time must not run backwards)."""
-        origin = self._clock() - timestamp_ms / 1000
+        earliest-arriving frame (never forward: time must not run backwards). A frame
+        arrives once its audio has been captured, so it is matched by where it ends."""
+        origin = self._clock() - audio_end_ms / 1000
         if origin < self._t0:
             self._t0 = origin
 
@@ -283,7 +303,6 @@ class CallSession:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._receive(inbound), name="receive")
-                tg.create_task(self._stt_sender(), name="stt-send")
                 tg.create_task(self._stt_results(), name="stt-results")
                 tg.create_task(self._sender(), name="sender")
                 tg.create_task(self._persister(), name="persist")
@@ -353,17 +372,23 @@ class CallSession:
 
     async def _on_media(self, message: tw.Media) -> None:
         payload = message.payload
-        self._align_clock(message.timestamp_ms)
+        self._align_clock(message.timestamp_ms + len(payload) // 8)
         pcm = mulaw.decode(payload)
         if self._recorder is not None:
             self._recorder.add_caller(pcm, message.timestamp_ms)
-        try:
-            self._stt_frames.put_nowait(AudioFrame(payload, pcm, message.timestamp_ms))
-        except asyncio.QueueFull:
-            self._count_error("stt_backlog")
-        if len(payload) != FRAME_BYTES:
-            return  # the VAD and the policy work on whole 20 ms frames
-        at = message.timestamp_ms
+        if not self._stt_broken:
+            await self._to_stt(AudioFrame(payload, pcm, message.timestamp_ms))
+        if len(payload) == FRAME_BYTES:
+            await self._on_frame(pcm, message.timestamp_ms)
+            return
+        # Twilio sends 20 ms frames but does not promise it: the VAD and the policy see
+        # a payload of another size as the whole 20 ms frames in it (a tail shorter than
+        # a frame is left out; the next payload carries its own timestamp).
+        step = FRAME_BYTES * 2
+        for offset in range(0, len(pcm) - step + 1, step):
+            await self._on_frame(pcm[offset : offset + step], message.timestamp_ms + offset // 16)
+
+    async def _on_frame(self, pcm: bytes, at: int) -> None:
         if self._last_frame_ms is not None and at <= self._last_frame_ms:
             return  # a repeated or reordered frame: its audio adds nothing to turn-taking
         self._last_frame_ms = at
@@ -379,7 +404,7 @@ class CallSession:
         log.info("call %s: keypress %s", self.context.call_id, digit)
         if digit == self.config.dtmf_opt_out:
             await self._take_floor()
-            await self._store.mark_do_not_call(f"keypress {digit}")
+            await self._mark_do_not_call(f"keypress {digit}")
             self._start_reply(
                 self._phrase_source("opt_out"),
                 kind="phrase",
@@ -452,7 +477,10 @@ class CallSession:
         segment = heard.segment
         if segment.played:
             return
-        said = heard.text
+        # Spread the words over all of the sentence's audio, not only what was sent
+        # before the cut (the sender keeps just a little ahead of playback).
+        total = max(reply.synth_ms.get(segment.seq, 0), segment.sent_ms)
+        said = truncate_to_heard(segment.text, heard.heard_ms, total)
         reply.cut[segment.seq] = said
         reply.cut_ms[segment.seq] = heard.heard_ms
         words = segment.text.split()
@@ -485,8 +513,7 @@ class CallSession:
 
     def _end_of_turn(self, event: EndOfTurn) -> None:
         text = event.text.strip()
-        self._enqueue_turn(TurnRecord("caller", text, event.onset_ms, event.speech_end_ms))
-        self._conversation.turns.append(Turn("caller", text))
+        record = TurnRecord("caller", text, event.onset_ms, event.speech_end_ms)
         self._turn_onset_ms = None
         # The latency clock, in the order the CRM reads it: the VAD's endpoint (the end
         # of speech plus the endpoint silence, or the moment this process acted on the
@@ -502,10 +529,23 @@ class CallSession:
             if self._reply.held:
                 self._drop_held_reply()
             else:
-                # An uninterruptible phrase (greeting, goodbye) is playing: answer after it.
+                # An uninterruptible phrase (greeting, goodbye) is playing: it began first,
+                # so it is stored first, and the caller is answered after it.
+                self._pending_caller = record
                 self._pending_caller_text = text
                 return
+        self._record_caller(record)
         self._reply_to(text)
+
+    def _record_caller(self, record: TurnRecord) -> None:
+        self._enqueue_turn(record)
+        self._conversation.turns.append(Turn("caller", record.text))
+
+    def _flush_pending_caller(self) -> None:
+        """Store the caller turn said over the phrase that has just been stored."""
+        if self._pending_caller is not None:
+            record, self._pending_caller = self._pending_caller, None
+            self._record_caller(record)
 
     def _reply_to(self, text: str) -> None:
         self._start_reply(
@@ -540,6 +580,8 @@ class CallSession:
             reply.generating.cancel()
         self._reply = None
         self._store_reply(reply, interrupted=True)
+        self._flush_pending_caller()
+        self._pending_caller_text = None  # the control phrase answers instead
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -620,6 +662,7 @@ class CallSession:
             self._reply = None
             self._agent_speaking(False)
         self._store_reply(reply, interrupted=False)
+        self._flush_pending_caller()
         await self._run_actions(reply)
         if self._reply is None and self._pending_caller_text:
             text, self._pending_caller_text = self._pending_caller_text, None
@@ -635,6 +678,7 @@ class CallSession:
         reply.segments.append(segment)
         async for chunk in self._tts.synthesize(sentence, language=self._language):
             reply.latency.setdefault("tts_first_byte", self.now_ms())
+            reply.synth_ms[segment.seq] = reply.synth_ms.get(segment.seq, 0) + len(chunk) // 8
             self._audio_out.put_nowait((reply, segment, chunk))
         self._audio_out.put_nowait((reply, segment, None))
 
@@ -653,26 +697,51 @@ class CallSession:
     async def _run_actions(self, reply: _Reply) -> None:
         for action in reply.actions:
             if action.kind is ActionKind.do_not_call:
-                await self._store.mark_do_not_call(action.argument or "asked during the call")
+                await self._mark_do_not_call(action.argument or "asked during the call")
         for action in reply.actions:
             if action.kind is ActionKind.transfer and action.argument:
-                await self._telephony.transfer(self.context.call_sid, action.argument)
+                try:
+                    await self._telephony.transfer(self.context.call_sid, action.argument)
+                except ProviderError as exc:
+                    # The caller is still with us: tell them, and the call goes on.
+                    log.warning("call %s: transfer failed: %s", self.context.call_id, exc)
+                    self._count_error("transfer")
+                    if self._reply is None:
+                        self._start_reply(
+                            self._phrase_source("transfer_failed"),
+                            kind="phrase",
+                            interruptible=True,
+                        )
+                    return
                 raise SessionEnded(EndReason.transferred)
             if action.kind is ActionKind.hang_up:
                 dnc = any(a.kind is ActionKind.do_not_call for a in reply.actions)
                 default = EndReason.opted_out if dnc else EndReason.agent_hung_up
                 raise SessionEnded(reply.end_reason or default)
 
+    async def _mark_do_not_call(self, reason: str) -> None:
+        """Record the opt-out; if the CRM fails, the call still ends as asked (and the
+        failure is logged loudly: the lead must be put on the list by hand)."""
+        try:
+            await self._store.mark_do_not_call(reason)
+        except Exception:
+            log.exception(
+                "call %s: could not record do-not-call (%s); do it by hand",
+                self.context.call_id,
+                reason,
+            )
+            self._count_error("store")
+
     async def _store_cut_reply(self) -> None:
         """At teardown, a reply the end of the call cut off is still a (cut) turn."""
         reply = self._reply
         self._reply = None
-        if reply is None or not reply.segments:
-            return
-        if not reply.held:
-            for heard in self._playback.clear(reply.segments, self.now_ms()):
-                self._note_cut(reply, heard, [])
-        self._store_reply(reply, interrupted=True)
+        if reply is not None and reply.segments:
+            if not reply.held:
+                for heard in self._playback.clear(reply.segments, self.now_ms()):
+                    self._note_cut(reply, heard, [])
+            self._store_reply(reply, interrupted=True)
+        self._flush_pending_caller()
 
     # -- sources of speech -----------------------------------------------------------------
 
@@ -705,9 +774,15 @@ class CallSession:
                     break
                 now = self.now_ms()
                 if not self._policy.agent_speaking:
-                    if not await self._wait_for_floor(reply):
-                        break
-                    now = self.now_ms()
+                    if reply.interruptible:
+                        if not await self._wait_for_floor(reply):
+                            break
+                        now = self.now_ms()
+                    else:
+                        # An uninterruptible phrase plays over a caller who is talking
+                        # (their turn is answered after it); the policy hears of it
+                        # when it can take it.
+                        self._agent_speaking(True)
                 reply.latency.setdefault("first_audio_sent", now)
                 self._playback.audio_sent(segment, len(piece), now)
                 if self._recorder is not None:
@@ -757,18 +832,43 @@ class CallSession:
 
     # -- STT ----------------------------------------------------------------------------------
 
-    async def _stt_sender(self) -> None:
+    async def _to_stt(self, frame: AudioFrame) -> None:
+        """Hand a frame to the recognizer right here: every stream's `send` only buffers
+        (its own task talks to the vendor), so a queue and a task switch per 20 ms frame
+        would cost more than the send itself."""
         assert self._stt is not None
-        while True:
-            await self._stt.send(await self._stt_frames.get())
+        try:
+            await self._stt.send(frame)
+        except ProviderError as exc:
+            await self._stt_failed(exc)
 
     async def _stt_results(self) -> None:
         assert self._stt is not None
-        async for result in self._stt.results():
-            now = self.now_ms()
-            if result.is_final and result.text.strip():
-                self._last_final_ms = now
-            await self._handle(self._policy.on_transcript(result.text, result.is_final, now))
+        try:
+            async for result in self._stt.results():
+                now = self.now_ms()
+                if result.is_final and result.text.strip():
+                    self._last_final_ms = now
+                await self._handle(self._policy.on_transcript(result.text, result.is_final, now))
+        except ProviderError as exc:
+            await self._stt_failed(exc)
+
+    async def _stt_failed(self, exc: ProviderError) -> None:
+        """Without recognition the agent cannot hear the caller: say so and hang up,
+        rather than leave them talking to silence (or cut them off without a word)."""
+        if self._stt_broken:
+            return
+        self._stt_broken = True
+        log.warning("call %s: speech recognition failed: %s", self.context.call_id, exc)
+        self._count_error("stt")
+        await self._take_floor()
+        self._start_reply(
+            self._phrase_source("technical_goodbye"),
+            kind="phrase",
+            interruptible=False,
+            then=Action(ActionKind.hang_up),
+            end_reason=EndReason.stt_error,
+        )
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -794,16 +894,32 @@ class CallSession:
         """Turns are stored one by one as they end; a store in progress is never cut."""
         while True:
             turn = await self._persist.get()
-            self._persisting = asyncio.ensure_future(self._store.save_turn(turn))
+            self._persisting = asyncio.ensure_future(self._save(turn))
             await asyncio.shield(self._persisting)
             self._persisting = None
 
+    async def _save(self, turn: TurnRecord) -> None:
+        """Store one turn, trying twice. A CRM hiccup must not end the call, so a turn
+        that still cannot be stored is logged (with its text) and counted, not raised."""
+        try:
+            await self._store.save_turn(turn)
+            return
+        except Exception as exc:
+            log.warning("call %s: storing a turn failed, retrying: %s", self.context.call_id, exc)
+        await asyncio.sleep(STORE_RETRY_S)
+        try:
+            await self._store.save_turn(turn)
+        except Exception:
+            log.exception(
+                "call %s: lost the %s turn %r", self.context.call_id, turn.role, turn.text[:200]
+            )
+            self._count_error("store")
+
     async def _drain_persist(self) -> None:
         if self._persisting is not None:
-            with contextlib.suppress(Exception):
-                await self._persisting
+            await self._persisting
         while not self._persist.empty():
-            await self._store.save_turn(self._persist.get_nowait())
+            await self._save(self._persist.get_nowait())
 
     def _count_error(self, kind: str) -> None:
         if self._metrics is not None:

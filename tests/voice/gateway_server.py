@@ -13,6 +13,9 @@ read what the fake telephony recorded or swap a provider for one that fails on c
 The server thread shares the process with the test, so the gateway's log records reach
 pytest's `caplog`.
 
+Calls come from the simulator (`Gateway.options` signs them for this server) or, when a
+test must misbehave as Twilio never would, from `TwilioStream`, a hand-driven stream.
+
 Helpers for the CRM side: a broker owning a fresh Twilio number (`make_line`), and
 `wait_for`, which polls a condition until it holds (an event, not a timing: a generous
 deadline only turns a hang into a failure).
@@ -53,7 +56,6 @@ from voice_gateway import runtime as runtime_module
 from voice_gateway.providers.telephony_fake import FakeTelephony
 from voice_gateway.providers.tts_fake import speech_frames
 from voice_gateway.runtime import VoiceRuntime
-from voice_gateway.session import SessionConfig
 from voice_gateway.simulator import dial
 from voice_gateway.simulator.caller import CallOptions
 from voice_gateway.simulator.playback import MarkEchoed, PlaybackBuffer, PlaybackEvent
@@ -75,7 +77,7 @@ FAST_ENV: Mapping[str, str] = {
     "CALL_TOKEN_SECRET": CALL_TOKEN_SECRET,
     "FAKE_STT_LATENCY_MS": "0",
     "FAKE_TTS_LATENCY_MS": "0",
-    "FAKE_TTS_MS_PER_CHAR": "20",
+    "FAKE_TTS_MS_PER_CHAR": "5",
     "FAKE_LLM_LATENCY_MS": "0",
     "FAKE_LLM_TOKEN_INTERVAL_MS": "0",
     "ENDPOINT_SILENCE_MS": "300",
@@ -83,6 +85,7 @@ FAST_ENV: Mapping[str, str] = {
     "MAX_CONCURRENT_CALLS": "20",
     "TTS_CACHE_ON_DISK": "false",
 }
+
 
 def clear_caches() -> None:
     """Forget every cached settings object and process-wide singleton of the gateway."""
@@ -122,13 +125,6 @@ class Gateway:
             auth_token=AUTH_TOKEN,
             **changes,
         )
-
-    def tune_sessions(self, **changes: Any) -> None:
-        """Every call from now on runs with these `SessionConfig` fields changed (the
-        knobs with no setting of their own: reprompt count, tick, playback timeout...)."""
-        base = self.runtime.session_config
-        tuned: Callable[[], SessionConfig] = lambda: replace(base(), **changes)  # noqa: E731
-        self.runtime.session_config = tuned  # type: ignore[method-assign]
 
 
 def _free_socket() -> socket.socket:
@@ -180,7 +176,6 @@ def running_gateway(tmp_path: Path, **env: str) -> Iterator[Gateway]:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-                ws="websockets",
                 ws_ping_interval=None,
             )
             server = uvicorn.Server(config)
@@ -245,9 +240,7 @@ def make_line(*, legal_name: str | None = None, locale: str = "es") -> Line:
         )
         db.flush()
         broker_id = broker.id
-    return Line(
-        broker_id=broker_id, legal_name=name, number=number, caller=random_number("+3461")
-    )
+    return Line(broker_id=broker_id, legal_name=name, number=number, caller=random_number("+3461"))
 
 
 def call_by_sid(sid: str) -> Call | None:
@@ -295,7 +288,7 @@ async def ended_call(sid: str, *, timeout_s: float = 15.0) -> Call:
     return await wait_for(probe, what=f"call {sid} to end", timeout_s=timeout_s)
 
 
-# -- a hand-driven media stream ----------------------------------------------------------
+# -- a hand-driven media stream --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -330,6 +323,7 @@ class TwilioStream:
         self._playback = PlaybackBuffer()
         self._seq = 0
         self._chunk = 0
+        self._stream_ms = 0
         self._speech: list[bytes] = []
         self._speech_done: asyncio.Future[None] | None = None
         self._pacer: asyncio.Task[None] | None = None
@@ -372,8 +366,11 @@ class TwilioStream:
         return self._seq
 
     def media_message(self, payload: bytes) -> str:
-        chunk = self._chunk = self._chunk + 1
-        media = tw.Media(self.next_seq(), self.stream_sid, chunk, (chunk - 1) * 20, payload)
+        """The next `media` of the stream: its timestamp moves on by the payload's length."""
+        self._chunk += 1
+        at = self._stream_ms
+        self._stream_ms += len(payload) // 8
+        media = tw.Media(self.next_seq(), self.stream_sid, self._chunk, at, payload)
         return tw.serialize(media)
 
     async def send(self, message: str | bytes) -> None:

@@ -3,6 +3,10 @@
 `bench crm` seeds PostgreSQL with 100,000 leads and 1,000,000 stage-history rows (and a
 timeline entry per stay) and times the broker API in-process through the real ASGI app,
 so the figures include routing, validation, tenancy, SQL and serialisation.
+
+`bench voice` runs the gateway in a child process on one core with fake providers and
+phones it with the call simulator from another core, 100 calls and then a ramp, and
+prints latency against its floor, errors and CPU per level (voice_gateway/bench_voice.py).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -183,3 +188,70 @@ async def _measure(
             console.print(f"{name}: mean {statistics.fmean(samples):.1f} ms")
             results.append((name, samples, errors, aim))
     return results
+
+
+@app.command("voice")
+def bench_voice(
+    calls: Annotated[int, typer.Option(min=1, help="The headline level: calls at once")] = 100,
+    ramp: Annotated[bool, typer.Option(help="Then ramp up until a bound breaks")] = True,
+    ramp_start: Annotated[int, typer.Option(min=1, help="First level of the ramp")] = 50,
+    ramp_step: Annotated[int, typer.Option(min=1, help="Calls added per level")] = 50,
+    max_calls: Annotated[int, typer.Option(min=1, help="Last level of the ramp")] = 1000,
+    turns: Annotated[int, typer.Option(min=1, max=50, help="Caller turns per call")] = 4,
+    barge_in_at: Annotated[
+        int | None,
+        typer.Option(min=0, help="Every second turn barges in MS into the agent's reply"),
+    ] = 400,
+    no_barge_in: Annotated[bool, typer.Option("--no-barge-in", help="No barge-ins")] = False,
+    stt_latency_ms: Annotated[int, typer.Option(min=0, help="Fake STT latency")] = 100,
+    llm_latency_ms: Annotated[int, typer.Option(min=0, help="Fake LLM first-token latency")] = 200,
+    tts_latency_ms: Annotated[int, typer.Option(min=0, help="Fake TTS first-byte latency")] = 80,
+    endpoint_silence_ms: Annotated[int, typer.Option(min=100, help="End-of-turn silence")] = 600,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BENCH_VOICE_DATABASE_URL",
+            help="PostgreSQL URL to use (created if missing); default: SQLite in the work dir",
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep the server's log, database and recordings here")
+    ] = None,
+    server_core: Annotated[int, typer.Option(min=0, help="CPU core of the gateway")] = 0,
+    simulator_core: Annotated[int, typer.Option(min=0, help="CPU core of the simulator")] = 1,
+    measure_s: Annotated[
+        float, typer.Option(min=1, help="Seconds each level keeps its calls up, once spread")
+    ] = 45.0,
+) -> None:
+    """Concurrent calls against one gateway process on one core (fake providers at fixed
+    latencies): response and barge-in latency per level, errors, CPU, and how many calls
+    one core holds within the issue's bounds. Exits 1 when the headline level breaks."""
+    from voice_gateway.bench_voice import BenchError, BenchOptions, Ramp, run_bench
+    from voice_gateway.bench_voice_figures import ProviderLatencies
+
+    if database_url is not None and database_url.startswith("postgresql"):
+        _ensure_database(database_url)
+    try:
+        options = BenchOptions(
+            latencies=ProviderLatencies(
+                stt_ms=stt_latency_ms,
+                llm_first_token_ms=llm_latency_ms,
+                tts_ms=tts_latency_ms,
+                endpoint_silence_ms=endpoint_silence_ms,
+            ),
+            ramp=Ramp(first=calls, start=ramp_start, step=ramp_step, stop=max_calls, enabled=ramp),
+            turns=turns,
+            barge_in_at_ms=None if no_barge_in else barge_in_at,
+            database_url=database_url,
+            work_dir=work_dir,
+            server_core=server_core,
+            simulator_core=simulator_core,
+            measure_s=measure_s,
+        )
+        report = asyncio.run(run_bench(options, out=typer.echo))
+    except BenchError as exc:
+        typer.echo(f"error: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    headline = next((level for level in report.levels if level.calls == calls), None)
+    if headline is None or not headline.holds:
+        raise typer.Exit(1)

@@ -323,7 +323,7 @@ class SimulatedCall:
             )
             self._note(now, f"call {self._call_sid} connected to {target.url}")
             reader = asyncio.create_task(self._read(ws))
-            self._ticker.add(self)
+            self._ticker.add(self, start_ms=self._t0)
             try:
                 await self._run_script()
             except _ServerEnded:

@@ -1,12 +1,21 @@
 """Many simulated calls at once, and what they add up to: the gateway's load test.
 
 N calls share one ticker, one HTTP client and one utterance cache; they start staggered
-(a burst of N simultaneous webhooks measures the ramp, not the steady state) and each
-takes the same caller script. The report gives p50/p95/p99 of response and barge-in
+(a burst of N simultaneous webhooks measures the ramp, not the steady state), their
+frames leave in `frame_phases` groups spread over each 20 ms (phones are not in step),
+and each takes the same caller script. The report gives p50/p95/p99 of response and barge-in
 latency over every sample of every call, errors by kind, and CPU: the simulator's own
 (its event-loop thread, so a server running in this process on other threads is not
 counted against it) and the server's, read from /proc/PID/stat (utime + stime) when its
 pid is known; no psutil needed.
+
+With `sustain_s`, each of the N call slots dials a new call as soon as its previous
+one ends, until `sustain_s` after the run began: N calls stay up at once, and when the
+starts are spread over about one call's length (`stagger_ms`), their turns fall at
+every phase instead of all at once, as on a live gateway. Latency and CPU are then
+taken from the steady stretch only: from the moment the last slot dialled to the moment
+the first slot stopped, counting the calls that lay wholly inside it. Errors count
+everywhere.
 
 The simulator also reports how late its own beats fired. Figures from a simulator that
 could not keep its 20 ms pace are not the server's fault, and the report says so.
@@ -38,6 +47,9 @@ from voice_gateway.simulator.ticker import Ticker
 
 #: Default gap between call starts.
 DEFAULT_STAGGER_MS: Final = 25.0
+#: Phases the calls' 20 ms beats are spread over (see `Ticker`): 5 ms apart, as
+#: independent phones would be, rather than every call's frame in one burst.
+DEFAULT_FRAME_PHASES: Final = 4
 #: More than this share of beats a whole period late: the simulator was overloaded.
 _LATE_SHARE_WARNING: Final = 0.01
 #: Error examples kept for the report.
@@ -118,14 +130,20 @@ class LoadOptions:
     language: str = "es"
     barge_in_at_ms: int | None = None
     stagger_ms: float = DEFAULT_STAGGER_MS
+    #: How many phases the calls' frame beats are spread over (1: all in one burst).
+    frame_phases: int = DEFAULT_FRAME_PHASES
     #: The server process whose CPU to report (None: not reported).
     server_pid: int | None = None
+    #: Keep every slot dialling until this many seconds after the first call started
+    #: (None: one call per slot); see the module docstring.
+    sustain_s: float | None = None
     #: Receives one line per finished call (progress); None keeps quiet.
     progress: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LoadReport:
+    #: Calls dialled; `results` holds every one of them.
     calls: int
     results: tuple[CallResult, ...]
     response: Percentiles
@@ -146,6 +164,11 @@ class LoadReport:
     ticker_max_lag_ms: float
     ticker_late_beats: int
     frames_sent: int
+    #: A sustained run's steady stretch (CPU and wall time above are over it), and the
+    #: calls inside it that the latencies come from; None when the run was not sustained
+    #: or never had every slot busy at once.
+    steady_s: float | None = None
+    steady_calls: tuple[CallResult, ...] = ()
 
     @property
     def failed_calls(self) -> int:
@@ -161,6 +184,13 @@ class LoadReport:
         out = [
             f"calls: {self.calls}  ok: {self.calls - self.failed_calls}  "
             f"failed: {self.failed_calls}  in {self.wall_s:.1f} s",
+        ]
+        if self.steady_s is not None:
+            out.append(
+                f"steady: every slot busy for {self.steady_s:.1f} s; latencies from the "
+                f"{len(self.steady_calls)} calls within it, CPU over it"
+            )
+        out += [
             f"response latency (end of caller speech → first agent audio): {self.response}",
             f"barge-in latency (caller speech onset → clear): {self.barge_in}",
         ]
@@ -224,14 +254,67 @@ async def run_load(
     await audio.warm(script.utterances())
     limits = httpx.Limits(max_connections=min(n, 100), max_keepalive_connections=min(n, 100))
     async with (
-        Ticker() as ticker,
+        Ticker(phases=options.frame_phases) as ticker,
         httpx.AsyncClient(limits=limits, timeout=options.call.timeout_s) as http,
     ):
         cpu = _CpuWatch(options.server_pid)
-        results = await _dial_all(base_url, n, script, options, ticker, http, audio)
+        steady = _Steady(n, options.server_pid) if options.sustain_s is not None else None
+        timed = await _dial_all(base_url, n, script, options, ticker, http, audio, steady)
         wall_s, simulator_s, server_s = cpu.stop()
         beats = (ticker.ticks, ticker.max_lag_ms, ticker.late_ticks)
-    return _report(results, wall_s, simulator_s, server_s, options.server_pid, beats)
+    results = [call.result for call in timed]
+    measured: list[CallResult] | None = None
+    steady_s: float | None = None
+    if steady is not None and steady.window is not None:
+        steady_s, (wall_s, simulator_s, server_s) = steady.window
+        measured = [call.result for call in timed if steady.covers(call)]
+    report = _report(results, measured, wall_s, simulator_s, server_s, options.server_pid, beats)
+    return replace(report, steady_s=steady_s, steady_calls=tuple(measured or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Timed:
+    """A call and when it ran, on the ticker's clock (ms)."""
+
+    started: float
+    ended: float
+    result: CallResult
+
+
+class _Steady:
+    """The steady stretch of a sustained run: from the last slot's first dial to the
+    first slot's last hang-up, with CPU read at both ends."""
+
+    def __init__(self, slots: int, server_pid: int | None) -> None:
+        self._waiting = slots
+        self._server_pid = server_pid
+        self._cpu: _CpuWatch | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self._figures: tuple[float, float, float | None] | None = None
+
+    def slot_started(self, now: float) -> None:
+        self._waiting -= 1
+        if self._waiting == 0:
+            self.start = now
+            self._cpu = _CpuWatch(self._server_pid)
+
+    def slot_done(self, now: float) -> None:
+        if self.end is None and self._cpu is not None:
+            self.end = now
+            self._figures = self._cpu.stop()
+
+    @property
+    def window(self) -> tuple[float, tuple[float, float, float | None]] | None:
+        """(seconds, CPU figures over them), or None if no moment had every slot busy."""
+        if self.start is None or self.end is None or self._figures is None:
+            return None
+        return (self.end - self.start) / 1000, self._figures
+
+    def covers(self, call: _Timed) -> bool:
+        assert self.start is not None
+        assert self.end is not None
+        return self.start <= call.started and call.ended <= self.end
 
 
 async def _dial_all(
@@ -242,26 +325,41 @@ async def _dial_all(
     ticker: Ticker,
     http: httpx.AsyncClient,
     audio: UtteranceCache,
-) -> list[CallResult]:
+    steady: _Steady | None,
+) -> list[_Timed]:
     width = len(str(n))
+    clock = ticker.now_ms
+    deadline = None if options.sustain_s is None else clock() + 1000 * options.sustain_s
 
-    async def one(index: int) -> CallResult:
+    async def one(index: int) -> list[_Timed]:
         await asyncio.sleep(index * options.stagger_ms / 1000)
         call_options = options.call
         if call_options.echo is not None and n > 1:
             call_options = replace(call_options, label=f"[{index + 1:>{width}}] ")
-        if index and call_options.save_audio is not None:
-            call_options = replace(call_options, save_audio=None)  # the first call's only
-        call = SimulatedCall(base_url, script, call_options, ticker=ticker, http=http, audio=audio)
-        result = await call.run()
-        if options.progress is not None:
-            status = "ok" if result.ok else f"{len(result.errors)} errors: {result.errors[0]}"
-            options.progress(f"call {index + 1}/{n} {result.call_sid}: {status}")
-        return result
+        done: list[_Timed] = []
+        while True:
+            if (index or done) and call_options.save_audio is not None:
+                call_options = replace(call_options, save_audio=None)  # the first call's only
+            started = clock()
+            if steady is not None and not done:
+                steady.slot_started(started)
+            call = SimulatedCall(
+                base_url, script, call_options, ticker=ticker, http=http, audio=audio
+            )
+            result = await call.run()
+            done.append(_Timed(started, clock(), result))
+            if options.progress is not None:
+                status = "ok" if result.ok else f"{len(result.errors)} errors: {result.errors[0]}"
+                options.progress(f"call {index + 1}/{n} {result.call_sid}: {status}")
+            if deadline is None or clock() >= deadline:
+                break
+        if steady is not None:
+            steady.slot_done(clock())
+        return done
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(index)) for index in range(n)]
-    return [task.result() for task in tasks]
+    return [call for task in tasks for call in task.result()]
 
 
 class _CpuWatch:
@@ -296,6 +394,7 @@ class _CpuWatch:
 
 def _report(
     results: list[CallResult],
+    measured: list[CallResult] | None,
     wall_s: float,
     simulator_s: float,
     server_s: float | None,
@@ -303,11 +402,12 @@ def _report(
     beats: tuple[int, float, int],
 ) -> LoadReport:
     errors = [error for result in results for error in result.errors]
+    sampled = results if measured is None else measured
     return LoadReport(
         calls=len(results),
         results=tuple(results),
-        response=Percentiles.of([ms for result in results for ms in result.response_ms]),
-        barge_in=Percentiles.of([ms for result in results for ms in result.barge_in_ms]),
+        response=Percentiles.of([ms for result in sampled for ms in result.response_ms]),
+        barge_in=Percentiles.of([ms for result in sampled for ms in result.barge_in_ms]),
         errors=dict(Counter(error.kind.value for error in errors)),
         error_examples=tuple(errors[:_EXAMPLES]),
         barge_ins_unanswered=sum(result.barge_ins_unanswered for result in results),

@@ -88,7 +88,10 @@ async def media_stream(ws: WebSocket) -> None:
         await _close_for(ws, exc, call="-")
         return
     except StreamRefused as exc:
-        await _close_for(ws, exc.error, call=getattr(state, "call_sid", None) or "-")
+        await _close_for(ws, exc.error, call=state.call_sid or "-")
+        if state.call_sid:
+            # This stream will not come back: free the slot the webhook held for it.
+            runtime.admission.cancel(state.call_sid)
         return
     except WebSocketDisconnect:
         log.info("media stream closed by Twilio before start")
