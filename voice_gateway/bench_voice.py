@@ -57,7 +57,7 @@ from voice_gateway.bench_voice_server import (
 )
 from voice_gateway.simulator.audio_source import UtteranceCache
 from voice_gateway.simulator.caller import DEFAULT_TO, CallOptions, CallResult
-from voice_gateway.simulator.load import LoadOptions, Percentiles, run_load
+from voice_gateway.simulator.load import LoadOptions, Percentiles, in_window, run_load
 from voice_gateway.simulator.script import (
     DEFAULT_LINES,
     BargeIn,
@@ -339,7 +339,12 @@ async def _level(
     )
     report = await run_load(server.base_url, calls, options.turns, options=load, audio=audio)
     after = await settle(server, http)
-    measured = report.steady_calls or report.results
+    window = report.steady_ms
+    measured = [
+        result
+        for result in report.results
+        if in_window(result.response_ms, result.response_at_ms, window)
+    ]
     breakdowns = agent_breakdowns(server.database_url, _server_call_ids(measured))
     stages, total = stage_figures(breakdowns, floors.lowest)
     refusals = counter_increase(before, after, "voiceagent_admission_refusals_total", "")
@@ -350,7 +355,7 @@ async def _level(
         endings=counter_increase(before, after, "voiceagent_calls_ended_total", "reason"),
         admission_refusals=sum(refusals.values()),
     )
-    excess = Percentiles.of(floors.excess(measured))
+    excess = Percentiles.of(floors.excess(report.results, window))
     problems = judge(
         report, excess, options.bounds, server=view, expect_barge_ins=options.expect_barge_ins
     )

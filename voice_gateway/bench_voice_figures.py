@@ -31,7 +31,7 @@ from voice_gateway.events import EndReason
 from voice_gateway.providers.base import FRAME_MS, FRAME_SAMPLES
 from voice_gateway.simulator.audio_source import CallerAudio
 from voice_gateway.simulator.caller import CallResult
-from voice_gateway.simulator.load import LoadReport, Percentiles
+from voice_gateway.simulator.load import LoadReport, Percentiles, in_window
 
 #: A call's end reasons that are not a failure of the call.
 NORMAL_ENDINGS: Final = frozenset(
@@ -217,16 +217,19 @@ class TurnFloors:
             f"the lowest: {text}"
         )
 
-    def excess(self, results: Sequence[CallResult]) -> list[float]:
-        """Each response sample minus its own turn's floor. A call that missed a reply
-        cannot say which sample is which turn's, so its samples take the lowest floor."""
+    def excess(
+        self, results: Sequence[CallResult], window: tuple[float, float] | None
+    ) -> list[float]:
+        """Each response sample taken within `window` (None: all) minus its own turn's
+        floor. A call that missed a reply cannot say which sample is which turn's, so its
+        samples take the lowest floor."""
         found: list[float] = []
         for result in results:
             samples = result.response_ms
-            if len(samples) == len(self.floors):
-                found.extend(ms - f.total_ms for ms, f in zip(samples, self.floors, strict=True))
-            else:
-                found.extend(ms - self.lowest_ms for ms in samples)
+            whole = len(samples) == len(self.floors)
+            for turn, ms in in_window(samples, result.response_at_ms, window):
+                floor = self.floors[turn].total_ms if whole else self.lowest_ms
+                found.append(ms - floor)
         return found
 
 
@@ -263,11 +266,11 @@ class ServerView:
 def stage_figures(
     breakdowns: Sequence[Mapping[str, int]], floor: Floor
 ) -> tuple[tuple[StageFigures, ...], Percentiles]:
-    """Per-stage percentiles of the agent turns' latency marks (call-clock ms). The
-    server dates the end of speech by its VAD, so its turn end is what follows the VAD
-    tail."""
+    """Per-stage percentiles of the agent turns' latency marks (call-clock ms), each
+    with what its stage is set to take. The server dates the end of speech by its VAD,
+    so its turn end is what follows the VAD tail: the endpoint silence."""
     expected = {
-        "endpoint": floor.turn_end_ms - floor.vad_tail_ms,
+        "endpoint": floor.endpoint_silence_ms,
         "llm_first_token": floor.llm_first_token_ms,
         "tts_first_byte": floor.tts_first_byte_ms,
         "first_audio_sent": 0,
@@ -362,8 +365,8 @@ class LevelResult:
         out.append(f"barge-in latency  {report.barge_in}")
         if report.steady_s is not None:
             out.append(
-                f"steady: {self.calls} calls up at once for {report.steady_s:.1f} s; latencies "
-                f"from the {len(report.steady_calls)} calls within it"
+                f"steady: {self.calls} calls up at once for {report.steady_s:.1f} s "
+                f"({report.calls} dialled); latencies and CPU from that stretch"
             )
         else:
             out.append("steady: never every call up at once; latencies from all calls")

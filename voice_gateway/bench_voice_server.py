@@ -294,21 +294,13 @@ def choose_cores(server_core: int, simulator_core: int) -> tuple[int | None, int
 
 
 def serve(port: int) -> None:
-    """Seed the demo broker and lead into the configured database, then serve the
-    gateway as `voiceagent serve` does (uvicorn, one worker, the app factory)."""
-    import uvicorn
-
+    """Seed the demo broker and lead into the configured database, then run exactly what
+    `voiceagent serve` runs."""
+    from voice_gateway.cli import serve as voiceagent_serve
     from voice_gateway.demo import prepare_demo
 
     prepare_demo()  # migrates, and creates the broker owning the demo number once
-    uvicorn.run(
-        "voice_gateway.app:create_app",
-        factory=True,
-        host="127.0.0.1",
-        port=port,
-        workers=1,
-        log_level="info",
-    )
+    voiceagent_serve(host="127.0.0.1", port=port, workers=1)
 
 
 if __name__ == "__main__":

@@ -255,6 +255,8 @@ class CallSession:
         )
         self._stt: SttStream | None = None
         self._audio_out: asyncio.Queue[tuple[_Reply, Segment, bytes | None]] = asyncio.Queue()
+        #: An item taken from `_audio_out` while joining audio, to be sent next.
+        self._audio_next: tuple[_Reply, Segment, bytes | None] | None = None
         self._persist: asyncio.Queue[TurnRecord] = asyncio.Queue()
         self._persisting: asyncio.Future[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -392,7 +394,9 @@ class CallSession:
         if self._last_frame_ms is not None and at <= self._last_frame_ms:
             return  # a repeated or reordered frame: its audio adds nothing to turn-taking
         self._last_frame_ms = at
-        await self._handle(self._policy.on_frame(self._vad.is_speech(pcm), at))
+        events = self._policy.on_frame(self._vad.is_speech(pcm), at)
+        if events:
+            await self._handle(events)
 
     def _on_mark(self, name: str) -> None:
         segment = self._playback.mark_echoed(name)
@@ -759,7 +763,8 @@ class CallSession:
     async def _sender(self) -> None:
         chunk_bytes = self.config.chunk_ms * 8
         while True:
-            reply, segment, audio = await self._audio_out.get()
+            item, self._audio_next = self._audio_next, None
+            reply, segment, audio = item or await self._audio_out.get()
             if reply.held or reply is not self._reply:
                 continue  # cut after it was queued
             if audio is None:
@@ -767,6 +772,7 @@ class CallSession:
                 mark = tw.OutboundMark(stream_sid=self.context.stream_sid, name=segment.mark)
                 await self._send(tw.serialize(mark))
                 continue
+            audio = self._join_queued(reply, segment, audio, chunk_bytes)
             for start in range(0, len(audio), chunk_bytes):
                 piece = audio[start : start + chunk_bytes]
                 await self._wait_for_room(len(piece) // 8)
@@ -823,7 +829,23 @@ class CallSession:
                 return
             await asyncio.sleep((piece_ms - room) / 1000)
 
+    def _join_queued(self, reply: _Reply, segment: Segment, audio: bytes, size: int) -> bytes:
+        """`audio` and the audio of the same segment already queued behind it, up to a
+        whole message: a TTS may hand over 20 ms frames, and each message costs a socket
+        write and a pacing wait. Nothing waits for audio that has not arrived."""
+        parts = [audio]
+        total = len(audio)
+        while total < size and not self._audio_out.empty():
+            item = self._audio_out.get_nowait()
+            if item[0] is not reply or item[1] is not segment or item[2] is None:
+                self._audio_next = item
+                break
+            parts.append(item[2])
+            total += len(item[2])
+        return audio if len(parts) == 1 else b"".join(parts)
+
     def _drop_queued_audio(self) -> None:
+        self._audio_next = None
         while not self._audio_out.empty():
             self._audio_out.get_nowait()
 
@@ -883,7 +905,9 @@ class CallSession:
                     now - self._last_inbound_ms,
                 )
                 raise SessionEnded(EndReason.inbound_timeout)
-            await self._handle(self._policy.on_tick(now))
+            events = self._policy.on_tick(now)
+            if events:
+                await self._handle(events)
 
     # -- persistence ---------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ replies shifts one track against the other), and the agent track holds audio the
 never heard (what was sent just before a barge-in). Here both tracks are placed by time:
 
 * caller audio at its Twilio media timestamp; what is missing stays silent (Twilio may
-  omit silent chunks, so gaps are real time, never skipped);
+  omit silent chunks, so gaps are real time, never skipped). Frames are gathered into
+  runs and placed when the recording next needs them (a write, agent audio, a `clear`):
+  one copy per second of audio instead of one per 20 ms frame;
 * agent audio where it plays: at the call-clock time it was sent, or when the audio
   sent before it ends, whichever is later (Twilio plays its buffer in order);
 * `clear_agent(at_ms)` erases agent audio scheduled after the `clear`, as the caller's
@@ -53,6 +55,15 @@ class RecorderError(Exception):
         self.reason = reason
 
 
+@dataclass(slots=True)
+class _Run:
+    """Contiguous caller frames not placed yet (sample indexes on the call clock)."""
+
+    start: int
+    end: int
+    chunks: list[bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class RecordingInfo:
     path: Path
@@ -93,6 +104,7 @@ class CallRecorder:
         self._clock = 0  # newest call-clock sample index anyone reported
         self._agent_cursor = 0  # where the next agent audio starts playing, at the earliest
         self._caller_end = 0  # one past the last caller sample placed
+        self._caller_runs: list[_Run] = []  # caller audio received, not placed yet
         self._late_caller = 0
         self._uncleared_agent = 0
         self._info: RecordingInfo | None = None
@@ -119,23 +131,33 @@ class CallRecorder:
     @property
     def buffered_ms(self) -> int:
         """Audio held in memory, not yet in the file (bounded by `max_pending_ms`)."""
+        self._place_caller()
         return (self._end - self._base) // self._per_ms
 
     def add_caller(self, pcm: bytes, timestamp_ms: int) -> None:
         """Caller audio (8 kHz PCM16) that Twilio stamped `timestamp_ms`."""
-        samples = self._samples(pcm, timestamp_ms)
+        self._check_open()
+        if timestamp_ms < 0:
+            raise RecorderError(f"time cannot be negative: {timestamp_ms}")
+        if len(pcm) % 2:
+            raise RecorderError(f"PCM16 needs an even number of bytes, got {len(pcm)}")
         start = timestamp_ms * self._per_ms
-        self._tick(start + len(samples))
-        late = max(0, self._base - start)
-        if late:
-            self._late_caller += min(late, len(samples))
-            samples, start = samples[late:], start + late
-        self._place(CALLER, start, samples)
-        self._caller_end = max(self._caller_end, start + len(samples))
-        self._maybe_flush()
+        end = start + len(pcm) // 2
+        if end > self._clock:
+            self._clock = end
+        runs = self._caller_runs
+        if runs and runs[-1].end == start:
+            run = runs[-1]
+            run.chunks.append(pcm)
+            run.end = end
+        else:
+            runs.append(_Run(start, end, [pcm]))
+        if self._clock - self._lag - self._base >= self._flush_every:
+            self._maybe_flush()
 
     def add_agent(self, pcm: bytes, sent_at_ms: int) -> None:
         """Agent audio (PCM16 at the recording rate) sent to Twilio at `sent_at_ms`."""
+        self._place_caller()
         samples = self._samples(pcm, sent_at_ms)
         sent = sent_at_ms * self._per_ms
         self._tick(sent)
@@ -151,6 +173,7 @@ class CallRecorder:
             raise RecorderError(f"time cannot be negative: {at_ms}")
         cut = at_ms * self._per_ms
         self._tick(cut)
+        self._place_caller()
         if self._agent_cursor <= cut:
             return
         if cut < self._base:
@@ -174,6 +197,7 @@ class CallRecorder:
         """
         if self._info is not None:
             return self._info
+        self._place_caller()
         # Audio queued past the hang-up was never heard; silence before it is padded.
         end = self._end if end_ms is None else max(0, end_ms) * self._per_ms
         try:
@@ -223,6 +247,23 @@ class CallRecorder:
     def _tick(self, sample: int) -> None:
         self._clock = max(self._clock, sample)
 
+    def _place_caller(self) -> None:
+        """Put the caller audio received so far in the buffer, a run at a time; what
+        arrives after its moment was written is dropped and counted."""
+        if not self._caller_runs:
+            return
+        runs, self._caller_runs = self._caller_runs, []
+        for run in runs:
+            pcm = run.chunks[0] if len(run.chunks) == 1 else b"".join(run.chunks)
+            samples: npt.NDArray[np.int16] = np.frombuffer(pcm, dtype="<i2")
+            start = run.start
+            late = max(0, self._base - start)
+            if late:
+                self._late_caller += min(late, len(samples))
+                samples, start = samples[late:], start + late
+            self._place(CALLER, start, samples)
+            self._caller_end = max(self._caller_end, start + len(samples))
+
     def _place(self, channel: int, start: int, samples: npt.NDArray[np.int16]) -> None:
         if not len(samples):
             return
@@ -251,6 +292,7 @@ class CallRecorder:
     def _maybe_flush(self) -> None:
         safe = self._clock - self._lag  # older audio is final; beyond _end it is silence
         if safe - self._base >= self._flush_every:
+            self._place_caller()  # may write (bounded memory), so the base is read after
             try:
                 self._write(safe - self._base)
                 self._write_sizes()
@@ -262,6 +304,7 @@ class CallRecorder:
         """Append the first `count` buffered sample frames to the file and drop them."""
         if count <= 0:
             return
+        self._place_caller()
         used = self._end - self._base
         take = min(count, used)
         if take > 0:

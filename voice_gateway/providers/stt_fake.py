@@ -71,11 +71,10 @@ _MULAW_SQUARED = mulaw.decode_array(bytes(range(256))).astype(np.float64) ** 2
 
 def pcm_mean_square(pcm: bytes) -> float:
     """Mean of squared PCM16 samples (power): compared with a precomputed threshold, no log."""
-    samples = np.frombuffer(pcm, dtype="<i2")
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
     if samples.size == 0:
         return 0.0
-    as_float = samples.astype(np.float32)
-    return float(np.dot(as_float, as_float)) / samples.size
+    return float(samples.dot(samples)) / samples.size
 
 
 def mulaw_mean_square(mulaw: bytes) -> float:

@@ -173,6 +173,10 @@ class CallResult:
     frames_sent: int
     errors: tuple[CallError, ...]
     recording: Path | None
+    #: When each response and barge-in sample was taken (the ticker's clock, ms), so a
+    #: load run can keep the samples of a chosen stretch of time.
+    response_at_ms: tuple[float, ...] = ()
+    barge_in_at_ms: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -202,6 +206,8 @@ class _Interruption:
 class _Counters:
     response_ms: list[float] = field(default_factory=list)
     barge_in_ms: list[float] = field(default_factory=list)
+    response_at_ms: list[float] = field(default_factory=list)
+    barge_in_at_ms: list[float] = field(default_factory=list)
     barge_ins_unanswered: int = 0
     backchannels_ignored: int = 0
     backchannels_cleared: int = 0
@@ -595,6 +601,7 @@ class SimulatedCall:
         if armed is not None and not self._reply_blocked:
             latency = now - armed
             self._counters.response_ms.append(latency)
+            self._counters.response_at_ms.append(now)
             self._reply_armed = None
             self._note(now, f"agent: first audio {latency:.0f} ms after the caller stopped")
 
@@ -635,6 +642,7 @@ class SimulatedCall:
         latency = event.at_ms - interruption.onset_ms
         if interruption.expect_clear:
             self._counters.barge_in_ms.append(latency)
+            self._counters.barge_in_at_ms.append(event.at_ms)
             self._note(event.at_ms, f"agent: clear after {latency:.0f} ms ({heard})")
         else:
             self._counters.backchannels_cleared += 1
@@ -735,6 +743,8 @@ class SimulatedCall:
             frames_sent=self._chunk,
             errors=tuple(self._errors),
             recording=recording,
+            response_at_ms=tuple(counters.response_at_ms),
+            barge_in_at_ms=tuple(counters.barge_in_at_ms),
         )
 
 

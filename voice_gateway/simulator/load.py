@@ -12,10 +12,9 @@ pid is known; no psutil needed.
 With `sustain_s`, each of the N call slots dials a new call as soon as its previous
 one ends, until `sustain_s` after the run began: N calls stay up at once, and when the
 starts are spread over about one call's length (`stagger_ms`), their turns fall at
-every phase instead of all at once, as on a live gateway. Latency and CPU are then
-taken from the steady stretch only: from the moment the last slot dialled to the moment
-the first slot stopped, counting the calls that lay wholly inside it. Errors count
-everywhere.
+every phase instead of all at once, as on a live gateway. Latency samples and CPU are
+then taken from the steady stretch only, from the moment the last slot dialled to the
+moment the first slot stopped. Errors count everywhere.
 
 The simulator also reports how late its own beats fired. Figures from a simulator that
 could not keep its 20 ms pace are not the server's fault, and the report says so.
@@ -164,11 +163,16 @@ class LoadReport:
     ticker_max_lag_ms: float
     ticker_late_beats: int
     frames_sent: int
-    #: A sustained run's steady stretch (CPU and wall time above are over it), and the
-    #: calls inside it that the latencies come from; None when the run was not sustained
-    #: or never had every slot busy at once.
-    steady_s: float | None = None
-    steady_calls: tuple[CallResult, ...] = ()
+    #: A sustained run's steady stretch on the ticker's clock (ms): the latencies are the
+    #: samples taken within it, CPU and wall time are over it. None when the run was not
+    #: sustained or never had every slot busy at once.
+    steady_ms: tuple[float, float] | None = None
+
+    @property
+    def steady_s(self) -> float | None:
+        if self.steady_ms is None:
+            return None
+        return (self.steady_ms[1] - self.steady_ms[0]) / 1000
 
     @property
     def failed_calls(self) -> int:
@@ -187,8 +191,8 @@ class LoadReport:
         ]
         if self.steady_s is not None:
             out.append(
-                f"steady: every slot busy for {self.steady_s:.1f} s; latencies from the "
-                f"{len(self.steady_calls)} calls within it, CPU over it"
+                f"steady: every slot busy for {self.steady_s:.1f} s; latencies and CPU "
+                "from that stretch"
             )
         out += [
             f"response latency (end of caller speech → first agent audio): {self.response}",
@@ -259,26 +263,28 @@ async def run_load(
     ):
         cpu = _CpuWatch(options.server_pid)
         steady = _Steady(n, options.server_pid) if options.sustain_s is not None else None
-        timed = await _dial_all(base_url, n, script, options, ticker, http, audio, steady)
+        results = await _dial_all(base_url, n, script, options, ticker, http, audio, steady)
         wall_s, simulator_s, server_s = cpu.stop()
         beats = (ticker.ticks, ticker.max_lag_ms, ticker.late_ticks)
-    results = [call.result for call in timed]
-    measured: list[CallResult] | None = None
-    steady_s: float | None = None
+    window: tuple[float, float] | None = None
     if steady is not None and steady.window is not None:
-        steady_s, (wall_s, simulator_s, server_s) = steady.window
-        measured = [call.result for call in timed if steady.covers(call)]
-    report = _report(results, measured, wall_s, simulator_s, server_s, options.server_pid, beats)
-    return replace(report, steady_s=steady_s, steady_calls=tuple(measured or ()))
+        window, (wall_s, simulator_s, server_s) = steady.window
+    return _report(results, window, wall_s, simulator_s, server_s, options.server_pid, beats)
 
 
-@dataclass(frozen=True, slots=True)
-class _Timed:
-    """A call and when it ran, on the ticker's clock (ms)."""
-
-    started: float
-    ended: float
-    result: CallResult
+def in_window(
+    samples: Sequence[float], times: Sequence[float], window: tuple[float, float] | None
+) -> list[tuple[int, float]]:
+    """(index, sample) of the samples taken within `window` (None: all of them); a
+    sample without a time (an older result) counts as within."""
+    if window is None:
+        return list(enumerate(samples))
+    low, high = window
+    return [
+        (index, sample)
+        for index, sample in enumerate(samples)
+        if index >= len(times) or low <= times[index] <= high
+    ]
 
 
 class _Steady:
@@ -305,16 +311,12 @@ class _Steady:
             self._figures = self._cpu.stop()
 
     @property
-    def window(self) -> tuple[float, tuple[float, float, float | None]] | None:
-        """(seconds, CPU figures over them), or None if no moment had every slot busy."""
+    def window(self) -> tuple[tuple[float, float], tuple[float, float, float | None]] | None:
+        """((start, end) in ms, CPU figures over it), or None if no moment had every
+        slot busy."""
         if self.start is None or self.end is None or self._figures is None:
             return None
-        return (self.end - self.start) / 1000, self._figures
-
-    def covers(self, call: _Timed) -> bool:
-        assert self.start is not None
-        assert self.end is not None
-        return self.start <= call.started and call.ended <= self.end
+        return (self.start, self.end), self._figures
 
 
 async def _dial_all(
@@ -326,17 +328,17 @@ async def _dial_all(
     http: httpx.AsyncClient,
     audio: UtteranceCache,
     steady: _Steady | None,
-) -> list[_Timed]:
+) -> list[CallResult]:
     width = len(str(n))
     clock = ticker.now_ms
     deadline = None if options.sustain_s is None else clock() + 1000 * options.sustain_s
 
-    async def one(index: int) -> list[_Timed]:
+    async def one(index: int) -> list[CallResult]:
         await asyncio.sleep(index * options.stagger_ms / 1000)
         call_options = options.call
         if call_options.echo is not None and n > 1:
             call_options = replace(call_options, label=f"[{index + 1:>{width}}] ")
-        done: list[_Timed] = []
+        done: list[CallResult] = []
         while True:
             if (index or done) and call_options.save_audio is not None:
                 call_options = replace(call_options, save_audio=None)  # the first call's only
@@ -347,7 +349,7 @@ async def _dial_all(
                 base_url, script, call_options, ticker=ticker, http=http, audio=audio
             )
             result = await call.run()
-            done.append(_Timed(started, clock(), result))
+            done.append(result)
             if options.progress is not None:
                 status = "ok" if result.ok else f"{len(result.errors)} errors: {result.errors[0]}"
                 options.progress(f"call {index + 1}/{n} {result.call_sid}: {status}")
@@ -394,7 +396,7 @@ class _CpuWatch:
 
 def _report(
     results: list[CallResult],
-    measured: list[CallResult] | None,
+    window: tuple[float, float] | None,
     wall_s: float,
     simulator_s: float,
     server_s: float | None,
@@ -402,12 +404,21 @@ def _report(
     beats: tuple[int, float, int],
 ) -> LoadReport:
     errors = [error for result in results for error in result.errors]
-    sampled = results if measured is None else measured
+    response = [
+        ms
+        for result in results
+        for _, ms in in_window(result.response_ms, result.response_at_ms, window)
+    ]
+    barge_in = [
+        ms
+        for result in results
+        for _, ms in in_window(result.barge_in_ms, result.barge_in_at_ms, window)
+    ]
     return LoadReport(
         calls=len(results),
         results=tuple(results),
-        response=Percentiles.of([ms for result in sampled for ms in result.response_ms]),
-        barge_in=Percentiles.of([ms for result in sampled for ms in result.barge_in_ms]),
+        response=Percentiles.of(response),
+        barge_in=Percentiles.of(barge_in),
         errors=dict(Counter(error.kind.value for error in errors)),
         error_examples=tuple(errors[:_EXAMPLES]),
         barge_ins_unanswered=sum(result.barge_ins_unanswered for result in results),
@@ -421,4 +432,5 @@ def _report(
         ticker_max_lag_ms=beats[1],
         ticker_late_beats=beats[2],
         frames_sent=sum(result.frames_sent for result in results),
+        steady_ms=window,
     )
