@@ -283,9 +283,12 @@ def _describe(
     options: BenchOptions, server: ServerProcess, floors: TurnFloors, out: Callable[[str], None]
 ) -> None:
     lat = options.latencies
+    database = _redacted(server.database_url)
+    if server.database_url.startswith("postgresql"):
+        database += " (its own CPU, in PostgreSQL's processes, is not counted)"
     out(
         f"gateway pid {server.pid} on core {options.server_core}, simulator on core "
-        f"{options.simulator_core}; database {_redacted(server.database_url)}"
+        f"{options.simulator_core}; database {database}"
     )
     out(
         f"fake providers: STT {lat.stt_ms} ms, LLM first token {lat.llm_first_token_ms} ms, "

@@ -227,7 +227,7 @@ def bench_voice(
     latencies): response and barge-in latency per level, errors, CPU, and how many calls
     one core holds within the issue's bounds. Exits 1 when the headline level breaks."""
     from voice_gateway.bench_voice import BenchError, BenchOptions, Ramp, run_bench
-    from voice_gateway.bench_voice_figures import ProviderLatencies
+    from voice_gateway.bench_voice_figures import FigureError, ProviderLatencies
 
     if database_url is not None and database_url.startswith("postgresql"):
         _ensure_database(database_url)
@@ -249,7 +249,7 @@ def bench_voice(
             measure_s=measure_s,
         )
         report = asyncio.run(run_bench(options, out=typer.echo))
-    except BenchError as exc:
+    except (BenchError, FigureError) as exc:
         typer.echo(f"error: {exc.reason}", err=True)
         raise typer.Exit(2) from None
     headline = next((level for level in report.levels if level.calls == calls), None)
