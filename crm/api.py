@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from crm.audit.views import router as audit_router
 from crm.brokers.views import router as broker_router
 from crm.calls.views import router as calls_router
+from crm.compliance.views import router as compliance_router
 from crm.leads.views import router as leads_router
 from crm.pipeline.views import router as pipeline_router
 from crm.scoring.views import router as scoring_router
@@ -25,6 +26,7 @@ DOMAIN_ROUTERS = (
     scoring_router,
     visits_router,
     calls_router,
+    compliance_router,
     templates_router,
     audit_router,
 )

@@ -44,6 +44,7 @@ PUBLIC = {
     ("POST", "/twilio/voice"),
     ("POST", "/twilio/status"),
     ("POST", "/twilio/stream-status"),
+    ("POST", "/twilio/amd"),
 }
 
 
@@ -90,6 +91,7 @@ def _bodies(w: World) -> dict[tuple[str, str], Any]:
         },
         ("PATCH", "/api/v1/templates/{template_id}"): {"body": "stolen"},
         ("POST", "/api/v1/templates/{template_id}/preview"): {"lead_id": w.ids["lead_id"]},
+        ("POST", "/api/v1/calls"): {"lead_id": w.ids["lead_id"]},
     }
 
 
@@ -114,6 +116,8 @@ NO_ID_ROUTES: dict[tuple[str, str], set[int]] = {
     ("POST", "/api/v1/visits"): {404},
     ("GET", "/api/v1/visits"): {200},
     ("GET", "/api/v1/calls"): {200},
+    # Phoning the owner's lead (named in the body) is a 404, and nothing is dialled.
+    ("POST", "/api/v1/calls"): {404},
     ("GET", "/api/v1/templates/variables"): {200},
     ("GET", "/api/v1/templates"): {200},
     ("POST", "/api/v1/templates"): {201},
@@ -122,6 +126,7 @@ NO_ID_ROUTES: dict[tuple[str, str], set[int]] = {
     ("POST", "/twilio/voice"): {403},
     ("POST", "/twilio/status"): {403},
     ("POST", "/twilio/stream-status"): {403},
+    ("POST", "/twilio/amd"): {403},
 }
 
 
@@ -132,6 +137,13 @@ def _cross_cases(w: World) -> list[tuple[str, str, Any]]:
             "POST",
             f"/api/v1/templates/{w.intruder_ids['template_id']}/preview",
             {"lead_id": w.ids["lead_id"]},
+        ),
+        # The compliance verdict with every query parameter set is still the owner's only.
+        (
+            "GET",
+            f"/api/v1/leads/{w.ids['lead_id']}/compliance"
+            "?channel=whatsapp&automated=false&at=2026-06-10T12:00:00%2B00:00",
+            None,
         ),
     ]
 
@@ -336,7 +348,8 @@ async def test_the_owner_sees_its_own_objects(client: httpx.AsyncClient, world: 
         f"/api/v1/calls/{world.ids['call_id']}",
         f"/api/v1/templates/{world.ids['template_id']}",
         f"/api/v1/leads/{world.ids['lead_id']}/consents",
+        f"/api/v1/leads/{world.ids['lead_id']}/compliance",
     ):
         response = await client.get(url, headers=owner)
         assert response.status_code == 200, (url, response.text)
-        assert world.marker in response.text or url.endswith("/consents")
+        assert world.marker in response.text or url.endswith(("/consents", "/compliance"))

@@ -161,6 +161,19 @@ class Admission:
         with self._lock:
             return self._reserved.pop(call_key, None) is not None
 
+    def rekey(self, old_key: str, new_key: str) -> bool:
+        """Move `old_key`'s unclaimed reservation to `new_key`, renewed; False when there
+        is none (expired or claimed). An outbound call is reserved before Twilio names it,
+        then held under the CallSid its stream will claim it with."""
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            if self._reserved.pop(old_key, None) is None:
+                return False
+            self._reserved[new_key] = now + self.hold_s
+            self._reserved.move_to_end(new_key)
+            return True
+
     def stats(self) -> AdmissionStats:
         with self._lock:
             self._purge(self._clock())

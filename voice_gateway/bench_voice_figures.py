@@ -417,8 +417,8 @@ def judge(
         problems.append(f"{report.turns_unanswered} caller turns never answered")
     if report.barge_ins_unanswered:
         problems.append(f"{report.barge_ins_unanswered} barge-ins never cleared")
-    if report.backchannels_cleared:
-        problems.append(f"{report.backchannels_cleared} backchannels stopped the agent")
+    if report.backchannels_derailed:
+        problems.append(f"{report.backchannels_derailed} backchannels derailed the agent")
     over = excess.p95
     if over is None:
         problems.append("no response latency samples")

@@ -146,29 +146,14 @@ def serve(
 
     if get_settings().is_sqlite:
         upgrade()
-    if workers == 1:
-        _freeze_startup_heap()
     uvicorn.run(
-        "voice_gateway.app:create_app",
+        "voice_gateway.app:create_served_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level="info",
     )
-
-
-def _freeze_startup_heap() -> None:
-    """Load the app's modules, then move every object alive into the collector's
-    permanent generation: they live as long as the process, and each full collection
-    that walks them again pauses every live call (~100 ms at 200 calls on one core,
-    enough to starve Twilio's playback buffer)."""
-    import gc
-
-    import voice_gateway.app  # noqa: F401  - the modules the server will run
-
-    gc.collect()
-    gc.freeze()
 
 
 @app.command()

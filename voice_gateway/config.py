@@ -42,6 +42,14 @@ class TelephonyProvider(StrEnum):
     fake = "fake"
 
 
+class AmdMode(StrEnum):
+    """What an outbound call does when Twilio's answering-machine detection says machine."""
+
+    off = "off"  # no detection: the agent talks to whatever answers
+    hangup = "hangup"  # hang up as soon as a machine is detected
+    voicemail = "voicemail"  # wait for the beep, leave a short message, hang up
+
+
 class GatewaySettings(BaseSettings):
     # Empty values count as unset, so a copied .env.example with blanks keeps the defaults.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
@@ -106,6 +114,7 @@ class GatewaySettings(BaseSettings):
     )
     twilio_rest_timeout_s: float = Field(default=5.0, alias="TWILIO_REST_TIMEOUT_S", ge=0.1, le=60)
     metrics_token: SecretStr | None = Field(default=None, alias="METRICS_TOKEN")
+    amd_mode: AmdMode = Field(default=AmdMode.voicemail, alias="AMD_MODE")
 
     @field_validator("public_host")
     @classmethod

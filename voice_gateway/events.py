@@ -14,6 +14,8 @@ class EndReason(StrEnum):
     opted_out = "opted_out"  # do-not-call honoured, then hang-up
     no_response = "no_response"  # reprompts went unanswered
     max_duration = "max_duration"
+    answering_machine = "answering_machine"  # AMD: a machine (or fax) answered; hung up
+    voicemail_left = "voicemail_left"  # AMD: a message left after the beep, then hang-up
     inbound_timeout = "inbound_timeout"  # the socket went silent
     stt_error = "stt_error"
     tts_error = "tts_error"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from agent.config import get_settings as get_agent_settings
@@ -17,6 +17,7 @@ from agent.scripted import ScriptedAgent
 from voice_gateway.admission import Admission, get_admission
 from voice_gateway.audio.recorder import CallRecorder
 from voice_gateway.audio.vad import make_vad
+from voice_gateway.call_control import CallControl, get_call_control
 from voice_gateway.config import (
     GatewaySettings,
     STTProvider,
@@ -86,6 +87,8 @@ class VoiceRuntime:
     admission: Admission
     tokens: CallTokens
     metrics: GatewayMetrics
+    #: Where AMD verdicts reach outbound calls' sessions (Redis, or in-process).
+    control: CallControl = field(default_factory=get_call_control)
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> VoiceRuntime:
@@ -107,6 +110,7 @@ class VoiceRuntime:
             turn=TurnConfig.from_settings(self.settings),
             inbound_timeout_ms=self.settings.media_timeout_ms,
             agent_first_token_timeout_ms=max(1, round(first_token_s * 1000)),
+            amd_mode=self.settings.amd_mode,
         )
 
     def new_session(
@@ -120,7 +124,10 @@ class VoiceRuntime:
         language: str,
         business_name: str,
         send: Callable[[str], Awaitable[None]],
+        outbound_from: str | None = None,
     ) -> CallSession:
+        """`outbound_from`: the number an outbound call came from (the voicemail's callback
+        number); such a call also listens on its control channel for the AMD verdict."""
         agent_settings = get_agent_settings()
         agent = ScriptedAgent(
             business_name=business_name,
@@ -138,6 +145,8 @@ class VoiceRuntime:
                 lead_id=lead_id,
                 language=language,
                 transfer_number=self.settings.transfer_number,
+                business_name=business_name,
+                callback_number=outbound_from,
             ),
             send=send,
             agent=agent,
@@ -149,6 +158,7 @@ class VoiceRuntime:
             recorder=CallRecorder(recording),
             metrics=self.metrics,
             config=self.session_config(),
+            control=self.control if outbound_from is not None else None,
         )
 
 

@@ -26,6 +26,7 @@ fails is retried once and logged, never allowed to end the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,8 +34,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.base import Action, ActionKind, Agent, AgentOutput, Conversation, TextDelta, Turn
+from voice_gateway.amd import AmdAction, decide, parse_answered_by, spoken_number
 from voice_gateway.audio import mulaw
 from voice_gateway.audio.vad import Vad
+from voice_gateway.call_control import CallControl, ControlKind
+from voice_gateway.config import AmdMode
 from voice_gateway.events import EndReason, TurnRecord
 from voice_gateway.playback import Heard, Playback, Segment, truncate_to_heard
 from voice_gateway.providers.base import (
@@ -82,6 +86,8 @@ PHRASES = {
         "más tarde. Adiós.",
         "transfer_failed": "Lo siento, ahora no puedo pasarle con un asesor. Le llamará en "
         "cuanto pueda. ¿Puedo ayudarle en algo más?",
+        "voicemail": "Hola, le llamamos de {business} por su consulta sobre una propiedad. "
+        "Por favor, devuélvanos la llamada al {number}. Gracias.",
     },
     "en": {
         "reprompt": "Are you still there?",
@@ -94,6 +100,8 @@ PHRASES = {
         "back later. Goodbye.",
         "transfer_failed": "Sorry, I can't put you through to an agent right now. One will "
         "call you back soon. Can I help you with anything else?",
+        "voicemail": "Hello, this is {business} calling about your enquiry on a property. "
+        "Please call us back at {number}. Thank you.",
     },
 }
 
@@ -143,6 +151,9 @@ class CallContext:
     lead_id: int | None
     language: str
     transfer_number: str | None = None
+    #: Who the voicemail says is calling, and the number it asks to call back.
+    business_name: str = ""
+    callback_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,7 @@ class SessionConfig:
     dtmf_opt_out: str | None = "9"
     dtmf_human: str | None = "0"
     tick_ms: int = 50
+    amd_mode: AmdMode = AmdMode.voicemail
 
 
 @dataclass
@@ -229,6 +241,7 @@ class CallSession:
         metrics: Metrics | None = None,
         config: SessionConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        control: CallControl | None = None,
     ) -> None:
         self.context = context
         self.config = config or SessionConfig()
@@ -242,6 +255,8 @@ class CallSession:
         self._recorder = recorder
         self._metrics = metrics
         self._clock = clock
+        self._control = control
+        self._machine_handled = False
         self._t0 = clock()
         language = "en" if context.language.startswith("en") else "es"
         self._language = language
@@ -301,15 +316,21 @@ class CallSession:
         """Drive the call until it ends and return why; a call's failure never escapes."""
         reason = EndReason.internal_error
         try:
-            self._stt = await self._stt_provider.open_stream(language=self._language)
+            stt_error = await self._open_stt()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._receive(inbound), name="receive")
-                tg.create_task(self._stt_results(), name="stt-results")
+                if self._stt is not None:
+                    tg.create_task(self._stt_results(), name="stt-results")
                 tg.create_task(self._sender(), name="sender")
                 tg.create_task(self._persister(), name="persist")
                 tg.create_task(self._ticker(), name="ticker")
-                self._start_reply(self._greeting_source(), kind="greeting", interruptible=False)
+                if self._control is not None:
+                    tg.create_task(self._listen_control(), name="control")
+                if stt_error is None:
+                    self._start_reply(self._greeting_source(), kind="greeting", interruptible=False)
+                else:
+                    await self._stt_failed(stt_error)
         except* SessionEnded as group:
             reason = _first_reason(group)
         except* ProviderError as group:
@@ -324,6 +345,15 @@ class CallSession:
         self._end_ms = self.now_ms()
         await self._teardown(reason)
         return reason
+
+    async def _open_stt(self) -> ProviderError | None:
+        """Open the recognizer; a failure is returned, not raised, so the caller still
+        hears why the call ends (the stream is up and the voice still works)."""
+        try:
+            self._stt = await self._stt_provider.open_stream(language=self._language)
+        except ProviderError as exc:
+            return exc
+        return None
 
     async def _teardown(self, reason: EndReason) -> None:
         """The one way out: every step runs even if an earlier one failed."""
@@ -424,6 +454,49 @@ class CallSession:
                 interruptible=False,
                 then=Action(ActionKind.transfer, self.context.transfer_number),
             )
+
+    # -- control from outside the stream: answering-machine detection ---------------------
+
+    async def _listen_control(self) -> None:
+        """Hints about this call from whichever gateway process received them (the AMD
+        webhook). A broken channel costs the hints, never the call."""
+        assert self._control is not None
+        try:
+            async with contextlib.aclosing(self._control.subscribe(self.context.call_id)) as events:
+                async for event in events:
+                    if event.kind is ControlKind.answered_by:
+                        await self._on_answered_by(event.value)
+        except (asyncio.CancelledError, SessionEnded):
+            raise
+        except Exception as exc:
+            log.warning("call %s: control channel failed: %s", self.context.call_id, exc)
+            self._count_error("control")
+
+    async def _on_answered_by(self, value: str) -> None:
+        """A person (or an unsure verdict): carry on. A machine: hang up, or once its
+        greeting is over leave the voicemail, said whole, then hang up (AMD_MODE)."""
+        answered_by = parse_answered_by(value)
+        if answered_by is None or self._machine_handled:
+            return
+        action = decide(answered_by, self.config.amd_mode)
+        log.info("call %s: answered by %s: %s", self.context.call_id, value, action.value)
+        if action is AmdAction.nothing:
+            return
+        self._machine_handled = True
+        await self._take_floor()
+        number = self.context.callback_number
+        if action is AmdAction.hang_up or not number:
+            raise SessionEnded(EndReason.answering_machine)
+        text = self._phrase("voicemail").format(
+            business=self.context.business_name, number=spoken_number(number)
+        )
+        self._start_reply(
+            _text_source(text),
+            kind="phrase",
+            interruptible=False,
+            then=Action(ActionKind.hang_up),
+            end_reason=EndReason.voicemail_left,
+        )
 
     # -- turn events -----------------------------------------------------------------------
 

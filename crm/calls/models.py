@@ -36,6 +36,8 @@ class Call(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         Index("ix_call_broker_started", "broker_id", "started_at"),
         Index("ix_call_broker_lead", "broker_id", "lead_id"),
+        # A broker's retry of "call this lead" (same Idempotency-Key) finds the first call.
+        UniqueConstraint("broker_id", "idempotency_key"),
     )
 
     broker_id: Mapped[int] = mapped_column(BigId, ForeignKey("broker.id", ondelete="CASCADE"))
@@ -53,6 +55,10 @@ class Call(IdMixin, TimestampMixin, Base):
     summary: Mapped[str | None] = mapped_column(Text)
     extracted: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     recording_path: Mapped[str | None] = mapped_column(String(500))
+    #: Twilio's answering-machine verdict on an outbound call (human, machine_end_beep...).
+    answered_by: Mapped[str | None] = mapped_column(String(32))
+    #: The Idempotency-Key the broker placed this outbound call with, if any.
+    idempotency_key: Mapped[str | None] = mapped_column(String(100))
 
     turns: Mapped[list[CallTurn]] = relationship(
         back_populates="call", cascade="all, delete-orphan", order_by="CallTurn.seq"

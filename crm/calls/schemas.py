@@ -27,6 +27,9 @@ class CallOut(BaseModel):
     answered_at: datetime | None
     ended_at: datetime | None
     end_reason: str | None
+    answered_by: str | None = Field(
+        default=None, description="Answering-machine detection's verdict (outbound calls)."
+    )
     duration_seconds: int | None = Field(
         description="From answer (or start, if never answered) to end; null while live."
     )

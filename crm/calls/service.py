@@ -24,7 +24,7 @@ from crm.actor import Actor
 from crm.audit import service as audit
 from crm.calls import metrics
 from crm.calls.models import Call, CallStatus, CallStatusEvent, CallTurn, TurnRole
-from crm.calls.status import accepts, is_final
+from crm.calls.status import FINAL_STATUSES, accepts, is_final
 from crm.enums import Channel, Language
 from crm.errors import Conflict, InvalidInput, NotFound, field_error
 from crm.leads import service as lead_service
@@ -62,6 +62,32 @@ def get_by_sid(db: Session, *, sid: str) -> Call | None:
     """The call Twilio knows by `sid`. Not broker-scoped: Twilio's callbacks are how the
     gateway learns which call (and so which broker) a status report is about."""
     return db.scalars(select(Call).where(Call.twilio_call_sid == sid)).first()
+
+
+def get_by_idempotency_key(db: Session, *, broker_id: int, key: str) -> Call | None:
+    """The broker's call placed with Idempotency-Key `key` (keys are per broker)."""
+    return db.scalars(
+        select(Call).where(Call.broker_id == broker_id, Call.idempotency_key == key)
+    ).first()
+
+
+def live_call_for_lead(
+    db: Session, *, broker_id: int, lead_id: int, started_after: datetime | None = None
+) -> Call | None:
+    """The lead's call that has not ended yet, if any: a lead is on one call at a time.
+
+    `started_after` leaves out calls too old to be live whatever their row says (one
+    whose end was never reported must not block the lead forever)."""
+    stmt = select(Call).where(
+        Call.broker_id == broker_id,
+        Call.lead_id == lead_id,
+        Call.ended_at.is_(None),
+        Call.end_reason.is_(None),
+        Call.status.not_in(list(FINAL_STATUSES)),
+    )
+    if started_after is not None:
+        stmt = stmt.where(Call.started_at > started_after)
+    return db.scalars(stmt.order_by(Call.id).limit(1)).first()
 
 
 def query(
@@ -158,6 +184,7 @@ def create_call(
     actor: Actor,
     language: Language | None = None,
     started_at: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> Call:
     """A new call row: an inbound one is already ringing, an outbound one is queued."""
     if lead_id is not None:
@@ -176,6 +203,7 @@ def create_call(
         to_number=_number(to_number, "to_number"),
         language=language,
         started_at=started_at or utcnow(),
+        idempotency_key=idempotency_key,
     )
     db.add(call)
     db.flush()
@@ -191,6 +219,62 @@ def create_call(
         ),
     )
     return call
+
+
+def attach_sid(db: Session, *, call: Call, sid: str, actor: Actor) -> Call:
+    """Keep Twilio's CallSid on an outbound call we placed: Twilio names it only once it
+    has accepted the call, after the row was written. Setting the same sid is a no-op."""
+    sid = (sid or "").strip()
+    if not sid or len(sid) > 64:
+        raise InvalidInput("a CallSid is 1..64 characters", errors=[field_error("sid", "1..64")])
+    if call.twilio_call_sid == sid:
+        return call
+    if call.twilio_call_sid is not None:
+        raise Conflict(f"call {call.id} already has the sid {call.twilio_call_sid}")
+    existing = get_by_sid(db, sid=sid)
+    if existing is not None:
+        raise Conflict(f"a call with sid {sid} already exists", call_id=existing.id)
+    call.twilio_call_sid = sid
+    audit.record(
+        db,
+        actor=actor,
+        broker_id=call.broker_id,
+        action="call.dialed",
+        object_type="call",
+        object_id=call.id,
+        changes={"twilio_call_sid": sid},
+    )
+    db.flush()
+    return call
+
+
+#: What Twilio's answering-machine detection may say (AnsweredBy), as stored.
+ANSWERED_BY_MAX_LEN = 32
+
+
+def record_answered_by(db: Session, *, call: Call, answered_by: str, actor: Actor) -> bool:
+    """Store Twilio's AnsweredBy on the call; False when it already says so (a retry)."""
+    value = (answered_by or "").strip().lower()
+    if not value or len(value) > ANSWERED_BY_MAX_LEN:
+        raise InvalidInput(
+            f"AnsweredBy must be 1..{ANSWERED_BY_MAX_LEN} characters",
+            errors=[field_error("AnsweredBy", f"1..{ANSWERED_BY_MAX_LEN} characters")],
+        )
+    if call.answered_by == value:
+        return False
+    before = audit.snapshot(call, ["answered_by"])
+    call.answered_by = value
+    audit.record(
+        db,
+        actor=actor,
+        broker_id=call.broker_id,
+        action="call.answered_by",
+        object_type="call",
+        object_id=call.id,
+        changes=audit.diff(before, audit.snapshot(call, ["answered_by"])),
+    )
+    db.flush()
+    return True
 
 
 def _lock(db: Session, call: Call) -> None:

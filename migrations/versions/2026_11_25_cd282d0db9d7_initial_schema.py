@@ -2,7 +2,7 @@
 
 Revision ID: cd282d0db9d7
 Revises:
-Create Date: 2026-11-25 08:03:01.974156
+Create Date: 2026-11-25 10:20:51.906199
 """
 
 from collections.abc import Sequence
@@ -386,6 +386,8 @@ def upgrade() -> None:
             nullable=True,
         ),
         sa.Column("recording_path", sa.String(length=500), nullable=True),
+        sa.Column("answered_by", sa.String(length=32), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=100), nullable=True),
         sa.Column(
             "id",
             sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
@@ -401,6 +403,9 @@ def upgrade() -> None:
             ["lead_id"], ["lead.id"], name=op.f("fk_call_lead_id_lead"), ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_call")),
+        sa.UniqueConstraint(
+            "broker_id", "idempotency_key", name=op.f("uq_call_broker_id_idempotency_key")
+        ),
         sa.UniqueConstraint("twilio_call_sid", name=op.f("uq_call_twilio_call_sid")),
     )
     op.create_index("ix_call_broker_lead", "call", ["broker_id", "lead_id"], unique=False)

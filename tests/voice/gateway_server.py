@@ -50,6 +50,7 @@ from crm.brokers import service as broker_service
 from crm.calls.models import Call, CallTurn
 from crm.db import session_scope
 from voice_gateway import admission as admission_module
+from voice_gateway import call_control as call_control_module
 from voice_gateway import config as gateway_config
 from voice_gateway import metrics as metrics_module
 from voice_gateway import runtime as runtime_module
@@ -94,6 +95,7 @@ def clear_caches() -> None:
         agent_config.get_settings,
         crm_config.get_settings,
         admission_module.get_admission,
+        call_control_module.get_call_control,
         tokens_module.get_call_tokens,
         metrics_module.get_metrics,
         runtime_module.get_runtime,

@@ -288,13 +288,16 @@ class Run:
 class _ClosingStt:
     """The fake STT, remembering whether the session closed its stream."""
 
-    def __init__(self, inner: FakeSpeechToText, *, fail_close: bool) -> None:
+    def __init__(self, inner: FakeSpeechToText, *, fail_close: bool, fail_open: bool) -> None:
         self.name = "fake"
         self._inner = inner
         self.fail_close = fail_close
+        self.fail_open = fail_open
         self.closed = False
 
     async def open_stream(self, *, language: str) -> FakeSttStream:
+        if self.fail_open:
+            raise ProviderError("fake-stt", "could not open the stream")
         stream = await self._inner.open_stream(language=language)
         original = stream.close
 
@@ -315,6 +318,7 @@ def run_call(
     turn: TurnConfig | None = None,
     prepare: Callable[[Run], None] | None = None,
     stt_fail_close: bool = False,
+    stt_fail_open: bool = False,
     **config: Any,
 ) -> Run:
     """One whole call through a `CallSession`, in virtual time."""
@@ -329,6 +333,7 @@ def run_call(
         stt = _ClosingStt(
             FakeSpeechToText(script=heard or ["Hola."], clock=loop.time),
             fail_close=stt_fail_close,
+            fail_open=stt_fail_open,
         )
         session = CallSession(
             context=CallContext(
@@ -471,6 +476,25 @@ def test_every_teardown_step_runs_even_when_others_fail(caplog: pytest.LogCaptur
         if record.msg == "call %s: teardown step %r failed" and isinstance(record.args, tuple)
     }
     assert failed_steps == {"close stt", "hang up", "close the recording"}
+
+
+def test_a_recognizer_that_cannot_open_costs_a_spoken_goodbye_not_silence() -> None:
+    """The stream is up and the voice works: the caller hears why the call ends, then
+    the call is hung up, with the reason kept; nothing waits on the missing recognizer."""
+    caller = Caller(speech=[(500, 800)], stop_at=30_000)
+    run = run_call(caller, stt_fail_open=True)
+    assert run.reason is EndReason.stt_error
+    assert [(t.role, t.text, t.interrupted) for t in run.turns] == [
+        ("agent", PHRASES["es"]["technical_goodbye"], False)
+    ]
+    assert run.store.finished == [EndReason.stt_error]
+    assert not run.stt_closed  # there was no stream to close
+    # The goodbye was voiced whole, never cleared, and had played before the hang-up.
+    assert run.twilio.of(tw.OutboundMedia)
+    assert run.twilio.of(tw.Clear) == []
+    [hang_up] = run.telephony.hang_ups
+    assert hang_up.call_sid == CALL_SID
+    assert (hang_up.at - run.twilio.t0) * 1000 >= run.turns[-1].end_ms
 
 
 def test_a_dropped_socket_ends_the_call_without_a_hang_up() -> None:

@@ -81,6 +81,12 @@ class Behaviour:
     end_silence_frames: int = 4
     min_speech_frames: int = 5
     clear_on_speech: bool = True
+    #: Clear after this many speech frames instead of `min_speech_frames` (stop at the
+    #: onset, as the real gateway does, before knowing whether it is a backchannel).
+    clear_after_frames: int | None = None
+    #: After a short utterance that was cleared, resume the reply this long after it
+    #: ended (None: stay quiet, derailed).
+    resume_after_ms: int | None = None
     close_after_greeting: int | None = None
     garbage_after_start: bool = False
 
@@ -222,13 +228,19 @@ class FakeGateway:
                             current = Utter(first_rx=received)
                         current.frames += 1
                         current.last_rx = received
+                        clear_at = b.clear_after_frames or b.min_speech_frames
                         if current.frames == b.min_speech_frames:
                             log.utterances.append(current)
-                            if pending and b.clear_on_speech:
-                                if sender is not None:
-                                    sender.cancel()
-                                await ws.send_text(tw.serialize(tw.Clear(sid)))
-                                current.clear_sent = now_ms()
+                        if (
+                            current.frames == clear_at
+                            and current.clear_sent is None
+                            and pending
+                            and b.clear_on_speech
+                        ):
+                            if sender is not None:
+                                sender.cancel()
+                            await ws.send_text(tw.serialize(tw.Clear(sid)))
+                            current.clear_sent = now_ms()
                     elif current is not None:
                         silent += 1
                         if silent == b.end_silence_frames:
@@ -236,6 +248,11 @@ class FakeGateway:
                                 name = f"reply-{len(log.utterances)}"
                                 sender = asyncio.create_task(
                                     speak(name, b.reply_ms, b.reply_delay_ms, current)
+                                )
+                            elif current.clear_sent is not None and b.resume_after_ms:
+                                delay = b.resume_after_ms - b.end_silence_frames * 20
+                                sender = asyncio.create_task(
+                                    speak("resumed", b.reply_ms, max(0, delay), None)
                                 )
                             current = None
                 elif type(message) is tw.Mark:
@@ -444,10 +461,42 @@ async def test_a_backchannel_the_agent_talks_through_is_not_a_barge_in(gateway: 
     finished(gateway)
     assert result.ok, result.errors
     assert result.backchannels_ignored == 1
-    assert result.backchannels_cleared == 0
+    assert result.backchannels_resumed == result.backchannels_derailed == 0
     assert result.barge_in_ms == ()
     assert result.clears == 0
     assert len(result.response_ms) == 1  # a backchannel expects no answer
+
+
+async def test_a_backchannel_the_agent_pauses_for_then_resumes_is_not_a_failure(
+    gateway: FakeGateway,
+):
+    """The real gateway's way: `clear` at the onset, the reply back once the "sí" is
+    known to be a backchannel; the simulator measures the gap, not a failure."""
+    gateway.behaviour.reply_ms = 1500
+    gateway.behaviour.clear_after_frames = 2
+    gateway.behaviour.resume_after_ms = 300
+    script = parse_script("wait 100\nsay Busco un piso.\nbackchannel 200 sí\nwait 100")
+    result = await run_call(gateway.base_url, script, options=options())
+    finished(gateway)
+    assert result.ok, result.errors
+    assert result.clears == 1
+    assert result.barge_in_ms == ()  # a backchannel is no barge-in
+    assert (result.backchannels_ignored, result.backchannels_resumed) == (0, 1)
+    assert result.backchannels_derailed == 0
+    [gap] = result.backchannel_resume_ms
+    assert 300 - 40 <= gap <= 300 + 150
+
+
+async def test_a_backchannel_that_silences_the_agent_is_a_derailment(gateway: FakeGateway):
+    gateway.behaviour.reply_ms = 1500
+    gateway.behaviour.clear_after_frames = 2
+    script = parse_script("wait 100\nsay Busco un piso.\nbackchannel 200 sí\npause 1800")
+    result = await run_call(
+        gateway.base_url, script, options=options(backchannel_resume_window_ms=800)
+    )
+    finished(gateway)
+    assert result.ok, result.errors
+    assert (result.backchannels_resumed, result.backchannels_derailed) == (0, 1)
 
 
 async def test_a_barge_in_the_server_ignores_is_counted(gateway: FakeGateway):

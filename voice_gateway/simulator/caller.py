@@ -13,7 +13,13 @@ It measures what a caller feels, on the simulator's clock:
   received after it (once any reply still playing from before has ended or been
   cleared, so the tail of an old answer is not mistaken for a quick new one);
 - barge-in latency: the first frame of caller speech sent over the agent's audio →
-  `clear` received. A backchannel ("sí") is expected not to be cleared.
+  `clear` received.
+- backchannels ("sí" over the agent's audio): talked through (no `clear`), or paused and
+  resumed (a `clear` at the onset, then the agent's audio again within
+  `backchannel_resume_window_ms` of the "sí" ending: the gap is measured), or derailed
+  (cleared and not resumed in that window, or the caller spoke again first). A good agent
+  does one of the first two; the window separates a resumed reply from a new answer to
+  the "sí", which cannot come before the server's end-of-turn silence and its providers.
 
 Time comes from the shared `Ticker`; between beats a call costs nothing but its reader
 task waiting on the socket and its script task waiting on a future.
@@ -129,6 +135,11 @@ class CallOptions:
     auth_token: str | None = None
     #: TWILIO_ACCOUNT_SID to present; None makes one up.
     account_sid: str | None = None
+    #: The CallSid to present; None makes one up (an answered outbound call has Twilio's).
+    call_sid: str | None = None
+    #: Answer an outbound call instead of ringing the voice webhook: the stream of the
+    #: TwiML the server gave Twilio's `calls.create` (`dial.read_twiml`).
+    answer: dial.StreamTarget | None = None
     #: Longest wait for the server: the webhook, the socket, an agent reply.
     timeout_s: float = 15.0
     #: Write the agent's audio as played (truncated by `clear`) to this WAV file.
@@ -139,6 +150,9 @@ class CallOptions:
     label: str = ""
     #: Speaks text utterances; None uses the offline eSpeak voice.
     tts: TextToSpeech | None = None
+    #: After a backchannel cleared the agent, its audio must return within this long of
+    #: the backchannel's end to count as a resumed reply (see the module docstring).
+    backchannel_resume_window_ms: float = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +170,13 @@ class CallResult:
     barge_in_ms: tuple[float, ...]
     #: Barge-ins the server never cleared before its audio ran out.
     barge_ins_unanswered: int
-    #: Backchannels the agent talked through (good) and ones it stopped for (bad).
+    #: Backchannels the agent talked through, paused for and resumed (both good), and
+    #: ones that derailed it (stopped, not resumed).
     backchannels_ignored: int
-    backchannels_cleared: int
+    backchannels_resumed: int
+    backchannels_derailed: int
+    #: For each resumed backchannel: its end → the agent's audio again.
+    backchannel_resume_ms: tuple[float, ...]
     #: Caller turns the agent did not answer before the caller spoke again or hung up.
     turns_unanswered: int
     caller_speech_ms: float
@@ -203,6 +221,16 @@ class _Interruption:
 
 
 @dataclass(slots=True)
+class _Pause:
+    """A backchannel cleared the agent: it should resume soon after the "sí" ends."""
+
+    label: str
+    cleared_ms: float
+    #: When the backchannel's audio ended (None while it is still being sent).
+    speech_end_ms: float | None
+
+
+@dataclass(slots=True)
 class _Counters:
     response_ms: list[float] = field(default_factory=list)
     barge_in_ms: list[float] = field(default_factory=list)
@@ -210,7 +238,9 @@ class _Counters:
     barge_in_at_ms: list[float] = field(default_factory=list)
     barge_ins_unanswered: int = 0
     backchannels_ignored: int = 0
-    backchannels_cleared: int = 0
+    backchannels_resumed: int = 0
+    backchannels_derailed: int = 0
+    backchannel_resume_ms: list[float] = field(default_factory=list)
     turns_unanswered: int = 0
     caller_speech_ms: float = 0.0
     marks_echoed: int = 0
@@ -238,7 +268,7 @@ class SimulatedCall:
         self._ticker = ticker
         self._http = http
         self._audio = audio
-        self._call_sid = dial.new_sid("CA")
+        self._call_sid = options.call_sid or dial.new_sid("CA")
         self._stream_sid = dial.new_sid("MZ")
         self._account_sid = options.account_sid or dial.new_sid("AC")
         self._parameters: Mapping[str, str] = {}
@@ -258,6 +288,8 @@ class SimulatedCall:
         self._reply_armed: float | None = None
         self._reply_blocked = False
         self._interruption: _Interruption | None = None
+        self._pause: _Pause | None = None
+        self._last_speech_end: float | None = None
         self._timed_dtmf: list[TimedDtmf] = sorted(script.timed_dtmf, key=lambda d: d.at_ms)
         self._wait: _Wait | None = None
         self._stalled_since: float | None = None
@@ -274,7 +306,7 @@ class SimulatedCall:
         started = self._ticker.now_ms()
         recording: Path | None = None
         try:
-            target = await dial.ring(
+            target = self._options.answer or await dial.ring(
                 self._http,
                 self._address,
                 dial.webhook_fields(
@@ -502,6 +534,7 @@ class SimulatedCall:
             while timed and timed[0].at_ms <= now - self._t0:
                 await self._send_dtmf(timed.pop(0).digit, now)
             self._check_wait(now)
+            self._check_pause(now)
             await self._send_frames(ws, now)
         except ConnectionClosed:
             self._ticker.discard(self)  # the reader records how and wakes the script
@@ -546,6 +579,7 @@ class SimulatedCall:
 
     def _on_onset(self, speech: CallerAudio, now: float) -> None:
         backchannel = not self._speech_expect_clear
+        self._derail_pause(now, "the caller spoke again before the agent resumed")
         self._note(now, f"caller: {speech.label} ({speech.duration_ms / 1000:.1f} s)")
         if not backchannel:
             if self._reply_armed is not None:
@@ -559,7 +593,10 @@ class SimulatedCall:
 
     def _on_speech_end(self, speech: CallerAudio, now: float) -> None:
         self._speech = None
+        self._last_speech_end = now
         self._counters.caller_speech_ms += speech.duration_ms
+        if self._pause is not None and self._pause.speech_end_ms is None:
+            self._pause.speech_end_ms = now
         if self._speech_expect_clear:
             self._reply_armed = now
             self._reply_blocked = self._playback.playing(now)
@@ -597,6 +634,12 @@ class SimulatedCall:
 
     def _on_agent_media(self, now: float) -> None:
         self._last_agent_media = now
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            gap = now - (pause.speech_end_ms if pause.speech_end_ms is not None else now)
+            self._counters.backchannels_resumed += 1
+            self._counters.backchannel_resume_ms.append(gap)
+            self._note(now, f"agent: resumed {gap:.0f} ms after the backchannel {pause.label!r}")
         armed = self._reply_armed
         if armed is not None and not self._reply_blocked:
             latency = now - armed
@@ -645,12 +688,30 @@ class SimulatedCall:
             self._counters.barge_in_at_ms.append(event.at_ms)
             self._note(event.at_ms, f"agent: clear after {latency:.0f} ms ({heard})")
         else:
-            self._counters.backchannels_cleared += 1
+            # Stopping at the onset is fine if the reply comes back (see the docstring).
+            ended = None if self._speech is not None else self._last_speech_end
+            self._pause = _Pause(interruption.label, event.at_ms, ended)
             self._note(
                 event.at_ms,
-                f"agent: clear {latency:.0f} ms after a backchannel "
-                f"{interruption.label!r}: it should have kept talking",
+                f"agent: clear {latency:.0f} ms after a backchannel {interruption.label!r}",
             )
+
+    def _check_pause(self, now: float) -> None:
+        pause = self._pause
+        if pause is None or pause.speech_end_ms is None:
+            return
+        if now - pause.speech_end_ms > self._options.backchannel_resume_window_ms:
+            self._derail_pause(
+                now,
+                f"not resumed within {self._options.backchannel_resume_window_ms:.0f} ms",
+            )
+
+    def _derail_pause(self, now: float, why: str) -> None:
+        pause, self._pause = self._pause, None
+        if pause is None:
+            return
+        self._counters.backchannels_derailed += 1
+        self._note(now, f"agent: stopped for the backchannel {pause.label!r} and {why}")
 
     def _interruption_outlived(self, at_ms: float) -> None:
         interruption, self._interruption = self._interruption, None
@@ -717,6 +778,7 @@ class SimulatedCall:
             echo(f"{self._options.label}{(now - self._t0) / 1000:7.2f} s  {text}")
 
     def _result(self, duration_ms: float, recording: Path | None) -> CallResult:
+        self._derail_pause(self._ticker.now_ms(), "the call ended first")
         counters = self._counters
         playback = self._playback
         return CallResult(
@@ -730,7 +792,9 @@ class SimulatedCall:
             barge_in_ms=tuple(counters.barge_in_ms),
             barge_ins_unanswered=counters.barge_ins_unanswered,
             backchannels_ignored=counters.backchannels_ignored,
-            backchannels_cleared=counters.backchannels_cleared,
+            backchannels_resumed=counters.backchannels_resumed,
+            backchannels_derailed=counters.backchannels_derailed,
+            backchannel_resume_ms=tuple(counters.backchannel_resume_ms),
             turns_unanswered=counters.turns_unanswered,
             caller_speech_ms=counters.caller_speech_ms,
             agent_played_ms=playback.played_ms,

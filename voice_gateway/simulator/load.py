@@ -150,7 +150,8 @@ class LoadReport:
     errors: Mapping[str, int]
     error_examples: tuple[CallError, ...]
     barge_ins_unanswered: int
-    backchannels_cleared: int
+    backchannels_resumed: int
+    backchannels_derailed: int
     turns_unanswered: int
     wall_s: float
     #: CPU of the simulator's event-loop thread.
@@ -198,10 +199,18 @@ class LoadReport:
             f"response latency (end of caller speech → first agent audio): {self.response}",
             f"barge-in latency (caller speech onset → clear): {self.barge_in}",
         ]
-        if self.barge_ins_unanswered or self.backchannels_cleared or self.turns_unanswered:
+        if self.backchannels_resumed:
+            gaps = Percentiles.of(
+                [ms for result in self.results for ms in result.backchannel_resume_ms]
+            )
+            out.append(
+                f"backchannels the agent paused for and resumed: {self.backchannels_resumed}"
+                f" (backchannel end → audio again: {gaps})"
+            )
+        if self.barge_ins_unanswered or self.backchannels_derailed or self.turns_unanswered:
             out.append(
                 f"barge-ins never cleared: {self.barge_ins_unanswered}  "
-                f"backchannels that stopped the agent: {self.backchannels_cleared}  "
+                f"backchannels that derailed the agent: {self.backchannels_derailed}  "
                 f"caller turns left unanswered: {self.turns_unanswered}"
             )
         if self.errors:
@@ -422,7 +431,8 @@ def _report(
         errors=dict(Counter(error.kind.value for error in errors)),
         error_examples=tuple(errors[:_EXAMPLES]),
         barge_ins_unanswered=sum(result.barge_ins_unanswered for result in results),
-        backchannels_cleared=sum(result.backchannels_cleared for result in results),
+        backchannels_resumed=sum(result.backchannels_resumed for result in results),
+        backchannels_derailed=sum(result.backchannels_derailed for result in results),
         turns_unanswered=sum(result.turns_unanswered for result in results),
         wall_s=wall_s,
         simulator_cpu_s=simulator_s,

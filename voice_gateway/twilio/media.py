@@ -23,6 +23,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from crm.calls import service as call_service
 from crm.calls.models import CallStatus
 from crm.db import session_scope
+from crm.leads.models import Direction
 from crm.timeutil import utcnow
 from voice_gateway.config import get_settings
 from voice_gateway.events import EndReason
@@ -55,6 +56,8 @@ class CallInfo:
     twilio_call_sid: str | None
     language: str
     business_name: str
+    #: The number an outbound call was placed from; None for an inbound call.
+    outbound_from: str | None = None
 
 
 class StreamRefused(Exception):
@@ -103,7 +106,7 @@ async def media_stream(ws: WebSocket) -> None:
         await _end_unserved(info, OVER_CAPACITY)
         await _close(ws, tw.CloseCode.POLICY_VIOLATION, "over capacity")
         return
-    runtime.metrics.call_started("inbound")
+    runtime.metrics.call_started("inbound" if info.outbound_from is None else "outbound")
     reason = EndReason.internal_error
     try:
         try:
@@ -116,6 +119,7 @@ async def media_stream(ws: WebSocket) -> None:
                 language=info.language,
                 business_name=info.business_name,
                 send=_sender(ws),
+                outbound_from=info.outbound_from,
             )
         except Exception:
             # A bug or a bad setting: this call ends now, in the CRM too, not the process.
@@ -195,6 +199,7 @@ def _load_call(call_id: int) -> CallInfo | None:
             twilio_call_sid=call.twilio_call_sid,
             language=language,
             business_name=broker.legal_name,
+            outbound_from=call.from_number if call.direction is Direction.outbound else None,
         )
 
 
