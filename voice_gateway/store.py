@@ -39,9 +39,10 @@ class CrmCallStore:
 
     def _save_turn(self, turn: TurnRecord) -> None:
         with session_scope() as db:
-            call_service.add_turn(
+            call_service.append_turn(
                 db,
-                call=self._call(db),
+                broker_id=self.broker_id,
+                call_id=self.call_id,
                 role=TurnRole(turn.role),
                 text=turn.text,
                 start_ms=turn.start_ms,

@@ -396,6 +396,62 @@ def test_add_turn_retries_when_a_writer_without_the_lock_took_the_seq(
     assert result["seq"] == 2
 
 
+def test_append_turn_is_scoped_to_the_broker_and_leaves_nothing_on_refusal(
+    db: Session, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    """The gateway's path names the call by id: another broker's id is not found, and a
+    bad turn is refused before anything is written."""
+    call = make_call(db, tenant.id)
+    with pytest.raises(NotFound):
+        calls.append_turn(
+            db,
+            broker_id=other_tenant.id,
+            call_id=call.id,
+            role=TurnRole.agent,
+            text="hola",
+            start_ms=0,
+            end_ms=10,
+        )
+    with pytest.raises(InvalidInput):
+        calls.append_turn(
+            db,
+            broker_id=tenant.id,
+            call_id=call.id,
+            role=TurnRole.agent,
+            text="hola",
+            start_ms=10,
+            end_ms=5,
+        )
+    assert calls.list_turns(db, call=call) == []
+    first = calls.append_turn(
+        db,
+        broker_id=tenant.id,
+        call_id=call.id,
+        role=TurnRole.caller,
+        text="Busco un piso.",
+        start_ms=0,
+        end_ms=900,
+        latency=None,
+    )
+    second = calls.append_turn(
+        db,
+        broker_id=tenant.id,
+        call_id=call.id,
+        role=TurnRole.agent,
+        text="¿En qué zona?",
+        start_ms=1500,
+        end_ms=2500,
+        interrupted=True,
+    )
+    assert (first, second) == (1, 2)
+    stored = calls.list_turns(db, call=call)
+    assert [(t.seq, t.role, t.text, t.interrupted) for t in stored] == [
+        (1, TurnRole.caller, "Busco un piso.", False),
+        (2, TurnRole.agent, "¿En qué zona?", True),
+    ]
+    assert all(t.broker_id == tenant.id for t in stored)
+
+
 # -- service: ending and outcome -------------------------------------------------------
 
 
