@@ -51,6 +51,11 @@ class Conversation:
     lead_id: int | None
     language: str
     channel: str = "call"
+    #: "inbound" when the lead reached us, "outbound" when we called them: an outbound
+    #: call must say why it calls and how to stop the calls before anything else.
+    direction: str = "inbound"
+    #: A key the lead can press to opt out, to offer in the greeting (None: none).
+    opt_out_key: str | None = None
     turns: list[Turn] = field(default_factory=list)
 
 

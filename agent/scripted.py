@@ -36,6 +36,15 @@ _GREETING = {
     "es": "Hola, le llama el asistente automático de {business}. ¿En qué le puedo ayudar?",
     "en": "Hello, this is the automated assistant of {business}. How can I help you?",
 }
+#: An outbound call says who calls, why, and how to stop the calls, before anything else.
+_OUTBOUND_GREETING = {
+    "es": "Hola, le llama el asistente automático de {business} por su consulta sobre una "
+    "vivienda. Si prefiere que no le llamemos más, dígamelo{key}. ¿Tiene un momento?",
+    "en": "Hello, this is the automated assistant of {business}, calling about your "
+    "enquiry on a property. If you would rather we did not call again, just tell me{key}. "
+    "Do you have a moment?",
+}
+_OPT_OUT_KEY = {"es": " o pulse el {key}", "en": " or press {key}"}
 _GOODBYE = {
     "es": "Gracias por su tiempo. ¡Que tenga un buen día!",
     "en": "Thank you for your time. Have a great day!",
@@ -92,8 +101,14 @@ class ScriptedAgent:
 
     async def greeting(self, conversation: Conversation) -> str:
         lang = _lang(conversation.language)
+        if conversation.direction == "outbound":
+            key = conversation.opt_out_key
+            offer = _OPT_OUT_KEY[lang].format(key=key) if key else ""
+            text = _OUTBOUND_GREETING[lang].format(business=self.business_name, key=offer)
+        else:
+            text = _GREETING[lang].format(business=self.business_name)
         # "Demo Realty S.L." already ends its sentence; don't say "S.L.." twice.
-        return _GREETING[lang].format(business=self.business_name).replace("..", ".")
+        return text.replace("..", ".")
 
     async def respond(self, conversation: Conversation, text: str) -> AsyncIterator[AgentOutput]:
         lang = _lang(conversation.language)

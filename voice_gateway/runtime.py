@@ -147,6 +147,7 @@ class VoiceRuntime:
                 transfer_number=self.settings.transfer_number,
                 business_name=business_name,
                 callback_number=outbound_from,
+                outbound=outbound_from is not None,
             ),
             send=send,
             agent=agent,

@@ -154,6 +154,8 @@ class CallContext:
     #: Who the voicemail says is calling, and the number it asks to call back.
     business_name: str = ""
     callback_number: str | None = None
+    #: We dialled the lead (the greeting says why we call and how to stop the calls).
+    outbound: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,8 @@ class CallSession:
             broker_id=context.broker_id,
             lead_id=context.lead_id,
             language=language,
+            direction="outbound" if context.outbound else "inbound",
+            opt_out_key=self.config.dtmf_opt_out,
         )
         self._stt: SttStream | None = None
         self._audio_out: asyncio.Queue[tuple[_Reply, Segment, bytes | None]] = asyncio.Queue()

@@ -32,6 +32,31 @@ async def test_greeting_names_the_business_and_says_it_is_automated() -> None:
     assert "automated" in en
 
 
+async def test_an_outbound_greeting_says_who_calls_why_and_how_to_stop_the_calls() -> None:
+    agent = ScriptedAgent(business_name="Demo Realty S.L.")
+    for language, why, stop, key in (
+        ("es", "por su consulta", "no le llamemos más", "pulse el 9"),
+        ("en", "calling about your enquiry", "did not call again", "press 9"),
+    ):
+        conversation = _conversation(language)
+        conversation.direction = "outbound"
+        conversation.opt_out_key = "9"
+        text = await agent.greeting(conversation)
+        assert text.startswith(("Hola, le llama", "Hello, this is"))
+        assert "Demo Realty S.L." in text
+        assert ".." not in text
+        assert why in text
+        assert stop in text
+        assert key in text
+        # Without a key to offer, the spoken opt-out stays and no key is named.
+        conversation.opt_out_key = None
+        without = await agent.greeting(conversation)
+        assert stop in without
+        assert key not in without
+    # An inbound call keeps the plain greeting.
+    assert "consulta" not in await agent.greeting(_conversation("es"))
+
+
 async def test_asks_the_qualification_questions_in_order() -> None:
     agent = ScriptedAgent(business_name="X")
     first, _ = await _reply(agent, _conversation("es", 1), "Busco un piso")
