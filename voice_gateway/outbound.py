@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -46,23 +46,22 @@ from crm.brokers import service as broker_service
 from crm.calls import service as call_service
 from crm.calls.models import Call, CallStatus
 from crm.compliance import service as compliance_service
+from crm.compliance.policy import Verdict
 from crm.enums import Channel
 from crm.errors import Conflict, InvalidInput, NotFound, Problem, field_error
 from crm.leads.models import Direction, Lead
 from crm.timeutil import utcnow
 from voice_gateway.admission import Admission
 from voice_gateway.config import AmdMode, GatewaySettings
-from voice_gateway.providers.base import ProviderError
+from voice_gateway.providers.base import ProviderError, Telephony
 from voice_gateway.providers.telephony_twilio import MachineDetection, OutboundCall, TelephonyError
 from voice_gateway.twilio import twiml
+from voice_gateway.twilio.amd_webhook import AMD_PATH
 from voice_gateway.twilio.tokens import CallTokens
+from voice_gateway.twilio.webhooks import MEDIA_PATH, STATUS_PATH, STREAM_STATUS_PATH
 
 log = logging.getLogger(__name__)
 
-MEDIA_PATH: Final = "/twilio/media"
-STATUS_PATH: Final = "/twilio/status"
-STREAM_STATUS_PATH: Final = "/twilio/stream-status"
-AMD_PATH: Final = "/twilio/amd"
 #: Every call status callback Twilio offers, so the Call follows the call closely.
 STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
 RING_TIMEOUT_S: Final = 30
@@ -94,7 +93,7 @@ class OverCapacity(Problem):
 
 
 class NotConfigured(Problem):
-    """The gateway cannot place calls as configured (no public address, no dialer)."""
+    """The gateway cannot place calls as configured (no public address)."""
 
     status, title, kind = 503, "Service unavailable", "outbound-not-configured"
 
@@ -214,7 +213,7 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def refusal_reasons(verdict: Any) -> list[dict[str, str]]:
+def refusal_reasons(verdict: Verdict) -> list[dict[str, str]]:
     """The compliance verdict's reasons as the problem body lists them."""
     return [{"code": str(r.code), "message": r.message} for r in verdict.reasons]
 
@@ -226,13 +225,6 @@ def _iso(at: datetime | None) -> str | None:
 # -- the flow --------------------------------------------------------------------------
 
 
-@runtime_checkable
-class Dialer(Protocol):
-    """What placing a call needs from the telephony provider."""
-
-    async def place_call(self, request: OutboundCall) -> str: ...
-
-
 @dataclass(frozen=True)
 class Dialing:
     """The process-wide pieces a call is placed with. `dialer` is resolved only once
@@ -241,7 +233,7 @@ class Dialing:
     settings: GatewaySettings
     admission: Admission
     tokens: CallTokens
-    dialer: Callable[[], object]
+    dialer: Callable[[], Telephony]
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +273,10 @@ async def place_call(
     )
     if isinstance(prepared, Call):
         return Placed(prepared, repeated=True)
-    dialer = dialing.dialer()
     try:
-        if not isinstance(dialer, Dialer):
-            raise NotConfigured(f"the telephony provider {dialer!r} cannot place calls")
-        sid = await dialer.place_call(prepared.request)
-    except (ProviderError, NotConfigured) as exc:
+        sid = await dialing.dialer().place_call(prepared.request)
+    except ProviderError as exc:
         await asyncio.to_thread(_dial_failed, db, prepared, exc, actor, dialing.admission)
-        if isinstance(exc, NotConfigured):
-            raise
         raise DialFailed(
             f"Twilio did not place the call: {exc}",
             call_id=prepared.call_id,
@@ -419,11 +406,7 @@ def _callable_lead(db: Session, *, broker_id: int, lead_id: int, longest_call: t
 
 
 def _failure(exc: Exception) -> str:
-    if isinstance(exc, TelephonyError):
-        return exc.failure.value
-    if isinstance(exc, NotConfigured):
-        return "not_configured"
-    return "error"
+    return exc.failure.value if isinstance(exc, TelephonyError) else "error"
 
 
 def _dial_failed(

@@ -30,6 +30,7 @@ from voice_gateway.outbound import (
     OverCapacity,
     place_call,
 )
+from voice_gateway.providers.base import Telephony
 from voice_gateway.twilio.tokens import get_call_tokens
 
 router = APIRouter(prefix="/calls", tags=["calls"])
@@ -56,7 +57,7 @@ class OutboundCallIn(BaseModel):
             raise ValueError(f"not a phone number (E.164 like +34910000001): {exc}") from None
 
 
-def _telephony() -> object:
+def _telephony() -> Telephony:
     from voice_gateway.runtime import get_runtime
 
     return get_runtime().telephony

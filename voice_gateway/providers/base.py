@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from voice_gateway.providers.telephony_twilio import OutboundCall
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -82,4 +85,8 @@ class Telephony(Protocol):
 
     async def transfer(self, call_sid: str, to_number: str, *, announce: str | None = None) -> None:
         """Move the live call to `to_number` (a `<Dial>`), ending our media stream."""
+        ...
+
+    async def place_call(self, request: OutboundCall) -> str:
+        """Dial out; the CallSid of the call now queued (the rest comes as callbacks)."""
         ...

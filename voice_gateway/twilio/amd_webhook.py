@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Response
 
@@ -27,6 +27,9 @@ from voice_gateway.twilio.signature import TwilioForm
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/twilio", tags=["twilio"])
+
+#: Where Twilio posts the verdict (the outbound dialer names it in `calls.create`).
+AMD_PATH: Final = "/twilio/amd"
 
 ControlDep = Annotated[CallControl, Depends(get_call_control)]
 
@@ -43,7 +46,11 @@ def _store(call_sid: str, answered_by: AnsweredBy) -> int | None:
         return call.id
 
 
-@router.post("/amd", status_code=204, summary="Answering-machine detection result (AsyncAmd)")
+@router.post(
+    AMD_PATH.removeprefix("/twilio"),
+    status_code=204,
+    summary="Answering-machine detection result (AsyncAmd)",
+)
 async def amd_status(form: TwilioForm, control: ControlDep) -> Response:
     call_sid = form.get("CallSid", "").strip()
     raw = form.get("AnsweredBy", "").strip()
