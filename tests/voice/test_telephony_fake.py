@@ -17,6 +17,7 @@ from voice_gateway.providers.telephony_fake import (
 )
 from voice_gateway.providers.telephony_twilio import (
     MachineDetection,
+    OutboundCall,
     TelephonyError,
     TelephonyFailure,
     transfer_twiml,
@@ -133,15 +134,17 @@ async def test_bad_call_sid_on_hang_up_is_refused() -> None:
 
 async def test_outbound_calls_get_distinct_sids_and_keep_the_request() -> None:
     fake = FakeTelephony()
-    first = await fake.start_outbound_call(
-        "+1 415 555 0100",
-        LINE,
-        "<Response/>",
-        "https://voice.example.com/twilio/status",
-        machine_detection=MachineDetection.enable,
-        amd_status_callback="https://voice.example.com/twilio/amd",
+    first = await fake.place_call(
+        OutboundCall(
+            "+1 415 555 0100",
+            LINE,
+            "<Response/>",
+            status_callback="https://voice.example.com/twilio/status",
+            machine_detection=MachineDetection.enable,
+            amd_status_callback="https://voice.example.com/twilio/amd",
+        )
     )
-    second = await fake.start_outbound_call(LEAD, LINE, url="https://voice.example.com/voice")
+    second = await fake.place_call(OutboundCall(LEAD, LINE, url="https://voice.example.com/voice"))
     assert first != second
     assert first.startswith("CA")
     assert len(first) == 34
@@ -155,7 +158,7 @@ async def test_outbound_calls_get_distinct_sids_and_keep_the_request() -> None:
 async def test_outbound_call_input_is_checked() -> None:
     fake = FakeTelephony()
     with pytest.raises(TelephonyError, match="exactly one"):
-        await fake.start_outbound_call(LEAD, LINE)
+        await fake.place_call(OutboundCall(LEAD, LINE))
     assert fake.events == []
 
 
@@ -179,7 +182,7 @@ async def test_failure_injection_for_outbound_calls() -> None:
         TelephonyError(TelephonyFailure.rate_limited, "429 Too Many Requests"),
     )
     with pytest.raises(TelephonyError) as exc:
-        await fake.start_outbound_call(LEAD, LINE, "<Response/>")
+        await fake.place_call(OutboundCall(LEAD, LINE, "<Response/>"))
     assert exc.value.failure is TelephonyFailure.rate_limited
     assert fake.placed_calls == []
 
@@ -219,7 +222,7 @@ async def test_on_event_sees_each_request_as_it_takes_effect() -> None:
     fake = FakeTelephony(on_event=seen.append)
     await fake.transfer(CALL, HUMAN)
     await fake.hang_up(OTHER_CALL)
-    sid = await fake.start_outbound_call(LEAD, LINE, "<Response/>")
+    sid = await fake.place_call(OutboundCall(LEAD, LINE, "<Response/>"))
     assert [type(e) for e in seen] == [Transfer, HangUp, PlacedCall]
     assert seen == fake.events
     assert isinstance(seen[2], PlacedCall)

@@ -420,16 +420,18 @@ async def test_transfer_of_an_ended_call_fails_as_call_ended(
 async def test_outbound_call_sends_every_field_and_returns_the_sid(
     twilio: TwilioRestStandIn, telephony: TwilioTelephony
 ) -> None:
-    call_sid = await telephony.start_outbound_call(
-        "+1 415 555 0100",
-        AGENT_LINE,
-        TWIML,
-        "https://voice.example.com/twilio/status",
-        machine_detection=MachineDetection.detect_message_end,
-        amd_status_callback="https://voice.example.com/twilio/amd",
-        ring_timeout_s=25,
-        time_limit_s=1200,
-        record=True,
+    call_sid = await telephony.place_call(
+        OutboundCall(
+            "+1 415 555 0100",
+            AGENT_LINE,
+            TWIML,
+            status_callback="https://voice.example.com/twilio/status",
+            machine_detection=MachineDetection.detect_message_end,
+            amd_status_callback="https://voice.example.com/twilio/amd",
+            ring_timeout_s=25,
+            time_limit_s=1200,
+            record=True,
+        )
     )
     assert twilio.calls[call_sid].status == "queued"
     (request,) = twilio.requests
@@ -470,7 +472,7 @@ async def test_outbound_call_refused_by_twilio_is_rejected_not_retried(
 ) -> None:
     twilio.fail_next(400, code=21215, message="Geo Permission configuration is not permitting call")
     with pytest.raises(TelephonyError, match="Geo Permission") as exc:
-        await telephony.start_outbound_call(LEAD, AGENT_LINE, TWIML)
+        await telephony.place_call(OutboundCall(LEAD, AGENT_LINE, TWIML))
     assert exc.value.failure is TelephonyFailure.rejected
     assert exc.value.code == 21215
     assert len(twilio.requests) == 1
@@ -551,7 +553,7 @@ async def test_an_answer_that_is_not_json_is_retried_for_hang_ups_only(
 
     twilio.garble_next()
     with pytest.raises(TelephonyError, match="unreadable answer") as exc:
-        await telephony.start_outbound_call(LEAD, AGENT_LINE, TWIML)
+        await telephony.place_call(OutboundCall(LEAD, AGENT_LINE, TWIML))
     assert exc.value.failure is TelephonyFailure.unavailable
     assert len(twilio.requests) == 3
 
@@ -628,7 +630,7 @@ async def test_rate_limited_outbound_call_is_retried_and_placed_once(
     twilio: TwilioRestStandIn, telephony: TwilioTelephony, sleeps: Sleeps
 ) -> None:
     twilio.fail_next(429, code=20429, message="Too Many Requests")
-    call_sid = await telephony.start_outbound_call(LEAD, AGENT_LINE, TWIML)
+    call_sid = await telephony.place_call(OutboundCall(LEAD, AGENT_LINE, TWIML))
     assert len(twilio.requests) == 2
     assert list(twilio.calls) == [call_sid]
     assert len(sleeps.pauses) == 1
@@ -639,7 +641,7 @@ async def test_outbound_call_is_not_retried_after_a_server_error(
 ) -> None:
     twilio.fail_next(502, code=20502)
     with pytest.raises(TelephonyError) as exc:
-        await telephony.start_outbound_call(LEAD, AGENT_LINE, TWIML)
+        await telephony.place_call(OutboundCall(LEAD, AGENT_LINE, TWIML))
     assert exc.value.failure is TelephonyFailure.unavailable
     assert len(twilio.requests) == 1
 
@@ -654,7 +656,7 @@ async def test_refused_connections_are_retried_even_for_new_calls(sleeps: Sleeps
     provider = make(f"http://127.0.0.1:{_closed_port()}", sleeps)
     try:
         with pytest.raises(TelephonyError, match="cannot connect") as exc:
-            await provider.start_outbound_call(LEAD, AGENT_LINE, TWIML)
+            await provider.place_call(OutboundCall(LEAD, AGENT_LINE, TWIML))
     finally:
         await provider.aclose()
     assert exc.value.failure is TelephonyFailure.unavailable

@@ -17,13 +17,12 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from voice_gateway.providers.base import ProviderError
 from voice_gateway.providers.telephony_twilio import (
-    MachineDetection,
     OutboundCall,
     TelephonyError,
     TelephonyFailure,
@@ -180,36 +179,6 @@ class FakeTelephony:
                 at=self._clock(),
             )
         )
-
-    async def start_outbound_call(
-        self,
-        to: str,
-        from_: str,
-        twiml: str | None = None,
-        status_callback: str | None = None,
-        *,
-        url: str | None = None,
-        status_callback_events: Sequence[str] = ("initiated", "ringing", "answered", "completed"),
-        machine_detection: MachineDetection | None = None,
-        amd_status_callback: str | None = None,
-        ring_timeout_s: int = 30,
-        time_limit_s: int | None = None,
-        record: bool = False,
-    ) -> str:
-        request = OutboundCall(
-            to=to,
-            from_=from_,
-            twiml=twiml,
-            url=url,
-            status_callback=status_callback,
-            status_callback_events=tuple(status_callback_events),
-            machine_detection=machine_detection,
-            amd_status_callback=amd_status_callback,
-            ring_timeout_s=ring_timeout_s,
-            time_limit_s=time_limit_s,
-            record=record,
-        )
-        return await self.place_call(request)
 
     async def place_call(self, request: OutboundCall) -> str:
         await self._round_trip(Operation.start_outbound_call)

@@ -22,7 +22,7 @@ import base64
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -472,41 +472,10 @@ class TwilioTelephony:
 
     # ------------------------------------------------------------ outbound
 
-    async def start_outbound_call(
-        self,
-        to: str,
-        from_: str,
-        twiml: str | None = None,
-        status_callback: str | None = None,
-        *,
-        url: str | None = None,
-        status_callback_events: Sequence[str] = ("initiated", "ringing", "answered", "completed"),
-        machine_detection: MachineDetection | None = None,
-        amd_status_callback: str | None = None,
-        ring_timeout_s: int = 30,
-        time_limit_s: int | None = None,
-        record: bool = False,
-    ) -> str:
-        """Place a call and return its CallSid (status "queued"); the rest arrives as
-        status callbacks. With `amd_status_callback`, detection runs in the background
-        (AsyncAmd) so the agent can start talking at once."""
-        request = OutboundCall(
-            to=to,
-            from_=from_,
-            twiml=twiml,
-            url=url,
-            status_callback=status_callback,
-            status_callback_events=tuple(status_callback_events),
-            machine_detection=machine_detection,
-            amd_status_callback=amd_status_callback,
-            ring_timeout_s=ring_timeout_s,
-            time_limit_s=time_limit_s,
-            record=record,
-        )
-        return await self.place_call(request)
-
     async def place_call(self, request: OutboundCall) -> str:
-        """`start_outbound_call` for a request already built (the dialer keeps them)."""
+        """Place the call `request` describes and return its CallSid (status "queued");
+        the rest arrives as status callbacks. With `amd_status_callback`, detection runs in
+        the background (AsyncAmd) so the agent can start talking at once."""
         params = request.sdk_kwargs()
         call = await self._request(
             "start_outbound_call",
