@@ -36,6 +36,7 @@ import grpc
 import grpc.aio
 from google.cloud import speech_v1
 
+from tests.voice.standins.grpc_server import GrpcStandIn
 from voice_gateway.providers.stt_fake import (
     EnergySegmenter,
     SegmenterConfig,
@@ -98,7 +99,7 @@ class _Abort(Exception):
 _END = object()
 
 
-class GoogleSpeechStandIn:
+class GoogleSpeechStandIn(GrpcStandIn):
     """See the module docstring. Use as `async with GoogleSpeechStandIn(...) as s:`."""
 
     def __init__(
@@ -118,21 +119,11 @@ class GoogleSpeechStandIn:
         self.interim_every_ms = interim_every_ms
         self.max_stream_ms = max_stream_ms
         self.segmenter = segmenter or SegmenterConfig()
-        self.host = host
+        super().__init__(host=host)
         self.streams: list[StreamLog] = []
         self._failures: list[FailurePlan] = []
-        self._gate = asyncio.Event()
-        self._gate.set()
-        self._server: grpc.aio.Server | None = None
-        self._port = 0
 
     # ---------------------------------------------------------------- lifecycle
-
-    @property
-    def address(self) -> str:
-        if self._server is None:
-            raise RuntimeError("stand-in not started")
-        return f"{self.host}:{self._port}"
 
     async def start(self) -> str:
         handler = grpc.stream_stream_rpc_method_handler(
@@ -142,26 +133,7 @@ class GoogleSpeechStandIn:
         )
         # Fixed HTTP/2 windows (no BDP growth), so a stalled stream pushes back on the
         # client after ~64 KB instead of after megabytes.
-        self._server = grpc.aio.server(options=[("grpc.http2.bdp_probe", 0)])
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
-        )
-        self._port = self._server.add_insecure_port(f"{self.host}:0")
-        await self._server.start()
-        return self.address
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._gate.set()
-            await self._server.stop(grace=None)
-            self._server = None
-
-    async def __aenter__(self) -> GoogleSpeechStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        return await self._serve(SERVICE, METHOD, handler, [("grpc.http2.bdp_probe", 0)])
 
     # ---------------------------------------------------------------- test controls
 
@@ -175,13 +147,6 @@ class GoogleSpeechStandIn:
         """The next stream stops reading audio (a hung backend): gRPC flow control then
         stops the client's writes, and nothing more is answered."""
         self._failures.append(FailurePlan(None, "stalled", after_ms))
-
-    def hold(self) -> None:
-        """Keep responses back (audio is still read) until `release`."""
-        self._gate.clear()
-
-    def release(self) -> None:
-        self._gate.set()
 
     @property
     def finals(self) -> list[str]:

@@ -33,6 +33,7 @@ import grpc
 import grpc.aio
 from google.cloud import texttospeech_v1 as tts
 
+from tests.voice.standins.grpc_server import GrpcStandIn
 from voice_gateway.providers.tts_espeak import EspeakTts
 
 SERVICE = "google.cloud.texttospeech.v1.TextToSpeech"
@@ -75,7 +76,7 @@ def _chunk(chunk_id: bytes, payload: bytes) -> bytes:
     return chunk_id + struct.pack("<I", len(payload)) + payload + pad
 
 
-class GoogleTtsStandIn:
+class GoogleTtsStandIn(GrpcStandIn):
     """See the module docstring. Use as `async with GoogleTtsStandIn() as standin:`."""
 
     def __init__(
@@ -89,22 +90,12 @@ class GoogleTtsStandIn:
         self.synthesize = synthesize
         self.container = container
         self.latency_s = latency_s
-        self.host = host
+        super().__init__(host=host)
         #: Every request received, valid or not, in order.
         self.requests: list[tts.SynthesizeSpeechRequest] = []
         #: The μ-law audio of each successful answer (before it was wrapped in WAV).
         self.answers: list[bytes] = []
         self._failures: list[Failure] = []
-        self._gate = asyncio.Event()
-        self._gate.set()
-        self._server: grpc.aio.Server | None = None
-        self._port = 0
-
-    @property
-    def address(self) -> str:
-        if self._server is None:
-            raise RuntimeError("stand-in not started")
-        return f"{self.host}:{self._port}"
 
     def channel(self) -> grpc.aio.Channel:
         """A fresh client channel to this stand-in (for `channel_client`)."""
@@ -116,37 +107,11 @@ class GoogleTtsStandIn:
             request_deserializer=tts.SynthesizeSpeechRequest.deserialize,
             response_serializer=tts.SynthesizeSpeechResponse.serialize,
         )
-        self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
-        )
-        self._port = self._server.add_insecure_port(f"{self.host}:0")
-        await self._server.start()
-        return self.address
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._gate.set()
-            await self._server.stop(grace=None)
-            self._server = None
-
-    async def __aenter__(self) -> GoogleTtsStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        return await self._serve(SERVICE, METHOD, handler)
 
     def fail_next(self, code: grpc.StatusCode, details: str = "stand-in failure") -> None:
         """The next request fails with `code` (queue several for several requests)."""
         self._failures.append(Failure(code, details))
-
-    def hold(self) -> None:
-        """Requests wait (as if Google hung) until `release`."""
-        self._gate.clear()
-
-    def release(self) -> None:
-        self._gate.set()
 
     async def _synthesize_speech(
         self, request: tts.SynthesizeSpeechRequest, context: Any
